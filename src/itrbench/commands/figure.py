@@ -1,0 +1,33 @@
+"""`itrbench figure NAME`: one figure (PNG, house style) from experiment records."""
+from __future__ import annotations
+
+
+def run(args) -> int:
+    import pandas as pd
+
+    from itrbench.errors import ConfigError
+    from itrbench.report.figures import FIGURES, save_figure
+    from itrbench.report.registry import load_registry
+    from itrbench.report.tables import load_paper_numbers, load_records
+
+    if args.name not in FIGURES:
+        raise ConfigError(f"figure '{args.name}': expected one of {', '.join(FIGURES)}")
+    registry = load_registry(args.registry)
+    paper = pd.concat([load_paper_numbers(p) for p in args.paper_numbers], ignore_index=True)
+    records = load_records(args.metrics)
+    members = [n for n, e in registry["experiments"].items() if args.name in e["figures"]]
+    records = records[records["experiment"].isin(members)]
+    fig = FIGURES[args.name](records, paper, registry)
+    save_figure(fig, args.out)
+    print(f"{args.name}: {records['record_dir'].nunique()} runs -> {args.out}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("figure", help="plot a paper figure (PNG) from experiment records")
+    p.add_argument("name", help="figure name in the registry, e.g. coder_fig3_batch_size")
+    p.add_argument("--registry", default="workflow/experiments.yaml")
+    p.add_argument("--paper-numbers", nargs="+", required=True, help="paper-numbers CSV file(s) (workflow/paper/*.csv)")
+    p.add_argument("--metrics", nargs="*", default=[], help="experiment records (metrics.json)")
+    p.add_argument("--out", required=True, help="output .png")
+    p.set_defaults(func=run)

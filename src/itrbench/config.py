@@ -1,0 +1,112 @@
+"""Run configs: YAML -> dict, validated against `schemas/run.yaml` with every default filled in.
+
+jsonschema validates but does not fill defaults; `fill_defaults` walks the schema once before validation so a
+config file only needs the keys it changes. Errors name the file and the dotted key.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from itrbench.errors import ConfigError
+
+METHOD_SECTIONS = ("coder", "ascl")
+
+
+@lru_cache(maxsize=None)
+def run_schema() -> dict:
+    """The run schema with the method sections (`coder.yaml`, `ascl.yaml`) inlined."""
+    folder = resources.files("itrbench") / "schemas"
+    schema = yaml.safe_load((folder / "run.yaml").read_text())
+    for section in METHOD_SECTIONS:
+        part = folder / f"{section}.yaml"
+        sub = yaml.safe_load(part.read_text()) if part.is_file() else {"type": "object"}
+        sub.setdefault("default", {})
+        sub.pop("$schema", None)
+        schema["properties"][section] = sub
+    return schema
+
+
+def fill_defaults(config: dict, schema: dict) -> dict:
+    """Return a copy of `config` with every missing schema default inserted (recursively)."""
+    out = copy.deepcopy(config)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if isinstance(out.get(key), dict) and "properties" in sub:
+            out[key] = fill_defaults(out[key], sub)
+    return out
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """Overrides win; nested dicts merge key by key; lists and scalars are replaced whole."""
+    out = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _describe(error: jsonschema.ValidationError, source: str) -> str:
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = f"{where}.{extra[0]}" if where else extra[0]
+        hint = difflib.get_close_matches(extra[0], allowed, n=1)
+        return f"{source}: unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else f"; allowed: {', '.join(allowed)}")
+    if error.validator == "type":
+        return f"{source}: key '{where}' must be of type {error.validator_value}, got {error.instance!r}"
+    if error.validator == "enum":
+        return f"{source}: key '{where}' must be one of {error.validator_value}, got {error.instance!r}"
+    return f"{source}: key '{where or '<top>'}': {error.message}"
+
+
+def validate(config: dict, source: str = "<config>") -> dict:
+    """Fill defaults and validate; raise ConfigError naming `source` and the key on the first problem."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(config).__name__}")
+    schema = run_schema()
+    full = fill_defaults(config, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(full), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError(_describe(errors[0], source))
+    return full
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    return data if data is not None else {}
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """Load a run config file, apply `overrides`, fill defaults, validate."""
+    return validate(deep_merge(load_yaml(path), overrides or {}), source=str(path))
+
+
+def config_hash(config: dict, exclude: tuple[str, ...] = ("seed",)) -> str:
+    """Stable short hash of a resolved config (canonical JSON), ignoring `exclude` top-level keys."""
+    kept = {k: v for k, v in config.items() if k not in exclude}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def dump_yaml(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,324 @@
+"""Figures in one house style (seaborn "whitegrid", colour-blind palette, fixed method colours), built from the
+experiments' records (`tables.load_records`) and, where the paper prints the plotted values, the paper numbers.
+
+Each `plot_<figure>` returns a matplotlib Figure; `FIGURES` maps the registry's figure names to them.
+Toy and paper numbers live on different scales, so paper values are drawn in panels of their own.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from itrbench.errors import DataError  # noqa: E402
+from itrbench.utils import atomic_path  # noqa: E402
+
+PALETTE = sns.color_palette("colorblind")
+METHOD_COLORS = {"vsepp": PALETTE[7], "coder": PALETTE[0], "ascl": PALETTE[1]}
+METHOD_LABELS = {"vsepp": "VSE++", "coder": "CODER", "ascl": "AsCL"}
+# Line styles for a switch that is on / off (e.g. M-DCL) and for paper-reported series.
+STYLE_ON = {"marker": "o", "linestyle": "-"}
+STYLE_OFF = {"marker": "s", "linestyle": "--"}
+STYLE_PAPER = {"marker": "D", "linestyle": ":", "color": "0.35"}
+
+
+def house_style() -> None:
+    """Apply the suite's plotting style (idempotent)."""
+    sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.1)
+    plt.rcParams.update({
+        "figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "axes.titleweight": "bold",
+        "axes.titlesize": "medium", "legend.frameon": False, "errorbar.capsize": 3, "lines.markersize": 6,
+    })
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, panel: tuple[float, float] = (3.6, 2.9), **kwargs):
+    """A figure of nrows x ncols panels of a standard size; `axes` is always a 2-D array."""
+    house_style()
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False, **kwargs)
+    return fig, axes
+
+
+def finish(fig, title: str, footer: str | None = None):
+    fig.suptitle(title, fontsize="large", fontweight="bold")
+    if footer:
+        fig.text(0.99, -0.01, footer, ha="right", va="top", fontsize="x-small", color="0.4")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    """Write a PNG atomically and free the figure."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def empty_panel(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ---------------------------------------------------------------------------------------------- data helpers
+def main_protocol(dataset_key: str) -> str:
+    """The protocol a figure reports for a data set: Flickr30K 1K; MSCOCO 5K (AsCL's setting)."""
+    return {"f30k": "f30k_1k", "coco": "coco_5k"}[dataset_key]
+
+
+def config_value(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def with_column(records: pd.DataFrame, name: str, dotted: str) -> pd.DataFrame:
+    out = records.copy()
+    out[name] = [config_value(c, dotted) for c in out["config"]]
+    return out
+
+
+def summarise(records: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of each metric per group (std 0 for a single seed, so error bars vanish)."""
+    g = records.groupby(by, sort=True, dropna=False)[metrics]
+    out = g.mean().add_suffix("_mean").join(g.std(ddof=1).fillna(0.0).add_suffix("_std")).join(g.size().rename("n"))
+    return out.reset_index()
+
+
+def experiment_label(name: str, registry: dict) -> str:
+    """A short label: the paper row the experiment reproduces, else the last part of its name."""
+    reports = registry["experiments"].get(name, {}).get("reports") or []
+    return reports[-1]["row"] if reports else name.rsplit("/", 1)[-1]
+
+
+def seeds_footer(records: pd.DataFrame) -> str:
+    seeds = sorted(records["seed"].unique()) if len(records) else []
+    return f"mean ± std over seeds {', '.join(map(str, seeds))}" if seeds else ""
+
+
+def _on_main_protocol(records: pd.DataFrame) -> pd.DataFrame:
+    if records.empty:
+        return records
+    keep = [p == main_protocol(d) for p, d in zip(records["protocol"], records["dataset_key"])]
+    return records[keep]
+
+
+# ---------------------------------------------------------------------------------------------- CODER figures
+def plot_coder_fig3_batch_size(records, paper, registry):
+    """R@1 (text and image retrieval) against batch size, with and without M-DCL; paper values below."""
+    recs = with_column(with_column(records[records["protocol"] == "f30k_1k"], "batch", "train.batch_size"), "mdcl", "coder.mdcl")
+    fig, axes = new_figure(2, 2)
+    metrics = [("i2t_r1", "Text retrieval R@1"), ("t2i_r1", "Image retrieval R@1")]
+    summary = summarise(recs, ["mdcl", "batch"], [m for m, _ in metrics]) if len(recs) else None
+    for col, (m, label) in enumerate(metrics):
+        ax = axes[0, col]
+        if summary is None:
+            empty_panel(ax, "no runs yet")
+        else:
+            for mdcl, part in summary.groupby("mdcl"):
+                ax.errorbar(part["batch"], part[f"{m}_mean"], yerr=part[f"{m}_std"],
+                            label="w M-DCL" if mdcl else "w/o M-DCL", color=PALETTE[0] if mdcl else PALETTE[3],
+                            **(STYLE_ON if mdcl else STYLE_OFF))
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(summary["batch"].unique()), labels=[str(b) for b in sorted(summary["batch"].unique())])
+            ax.legend()
+        ax.set_title(f"reproduced: {label}")
+        ax.set_xlabel("mini-batch size")
+        ax.set_ylabel(label)
+        ax = axes[1, col]
+        ref = paper[(paper["paper"] == "coder") & (paper["table"] == "fig3")].copy()
+        ref["batch"] = [int(re.search(r"batch (\d+)", r).group(1)) for r in ref["row"]]
+        ref = ref.sort_values("batch")
+        ax.plot(ref["batch"], ref[m], label="w/o M-DCL (paper text)", **STYLE_PAPER)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([32, 64, 128], labels=["32", "64", "128"])
+        ax.set_title(f"paper (Flickr30K): {label}")
+        ax.set_xlabel("mini-batch size")
+        ax.set_ylabel(label)
+        ax.legend()
+    return finish(fig, "CODER Fig. 3: batch size with / without M-DCL", seeds_footer(recs))
+
+
+def plot_coder_fig4_latency_recall(records, paper, registry):
+    """Similarity throughput (pairs/s, log) against R@sum: one point per method and data set."""
+    recs = _on_main_protocol(records)
+    datasets = [d for d in ("f30k", "coco") if d in set(recs["dataset_key"])] or ["f30k"]
+    fig, axes = new_figure(1, len(datasets), panel=(4.2, 3.3))
+    for ax, ds in zip(axes[0], datasets):
+        part = recs[recs["dataset_key"] == ds]
+        if part.empty:
+            empty_panel(ax, "no runs yet")
+            continue
+        part = part.assign(kpps=part["pairs_per_second"].astype(float) / 1e3)
+        summary = summarise(part, ["method"], ["kpps", "rsum"])
+        for rec in summary.to_dict("records"):
+            ax.errorbar(rec["kpps_mean"], rec["rsum_mean"], xerr=rec["kpps_std"], yerr=rec["rsum_std"], fmt="o",
+                        color=METHOD_COLORS.get(rec["method"]), label=METHOD_LABELS.get(rec["method"], rec["method"]))
+            ax.annotate(METHOD_LABELS.get(rec["method"], rec["method"]), (rec["kpps_mean"], rec["rsum_mean"]),
+                        textcoords="offset points", xytext=(6, 4), fontsize="small")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("similarity throughput (Kpps, log scale)")
+        ax.set_ylabel("R@sum")
+        ax.set_title(f"{part['dataset'].iloc[0]} ({main_protocol(ds)})")
+    return finish(fig, "CODER Fig. 4: throughput vs recall", seeds_footer(recs))
+
+
+def plot_coder_table4_k(records, paper, registry):
+    """R@1 against the number of PGC clusters K (paper-scale K; toy runs scale it), reproduced and paper."""
+    recs = with_column(records[records["protocol"] == "f30k_1k"], "K", "coder.pgc_k_paper")
+    ref = paper[(paper["paper"] == "coder") & (paper["table"] == "4")].copy()
+    ref["K"] = [int(r.split("=")[1]) for r in ref["row"]]
+    fig, axes = new_figure(1, 2)
+    series = [("i2t_r1", "text retrieval R@1", PALETTE[0]), ("t2i_r1", "image retrieval R@1", PALETTE[2])]
+    ax = axes[0, 0]
+    if recs.empty:
+        empty_panel(ax, "no runs yet")
+    else:
+        summary = summarise(recs, ["K"], [m for m, _, _ in series])
+        for m, label, color in series:
+            ax.errorbar(summary["K"], summary[f"{m}_mean"], yerr=summary[f"{m}_std"], label=label, color=color, **STYLE_ON)
+        ax.legend()
+    ax.set_title("reproduced")
+    ax = axes[0, 1]
+    for m, label, color in series:
+        ax.plot(ref["K"], ref[m], label=label, color=color, marker="D", linestyle=":")
+    ax.set_title("paper (Flickr30K, Table 4)")
+    ax.legend()
+    for ax in axes[0]:
+        ax.set_xlabel("PGC clusters K (paper scale)")
+        ax.set_ylabel("R@1")
+    return finish(fig, "CODER Table 4: number of PGC clusters", seeds_footer(recs))
+
+
+# ---------------------------------------------------------------------------------------------- AsCL figures
+def plot_ascl_fig3_samples(records, paper, registry):
+    """R@sum per kind of generated positive (negatives as in the full model) and negative (positives likewise)."""
+    recs = _on_main_protocol(records)
+    recs = with_column(with_column(recs, "positives", "ascl.positives"), "negatives", "ascl.negatives")
+    bases = registry.get("bases", {}).get("ascl", {}).get("ascl", {})
+    full_pos, full_neg = bases.get("positives", "both"), bases.get("negatives", "mixture")
+    fig, axes = new_figure(1, 2, panel=(4.0, 3.0))
+    panels = [("positives", recs[recs["negatives"] == full_neg], ["long", "short", "both"], "(a) positives (Asymmetry-II & III)"),
+              ("negatives", recs[recs["positives"] == full_pos], ["shuffle", "dropout", "gaussian", "cutoff", "mixture"],
+               "(b) negatives (Asymmetry-I)")]
+    for ax, (key, part, order, title) in zip(axes[0], panels):
+        part = part[part[key].isin(order)]
+        if part.empty:
+            empty_panel(ax, "no runs yet")
+        else:
+            summary = summarise(part, [key], ["rsum"]).set_index(key).reindex([o for o in order if o in set(part[key])])
+            ax.bar(summary.index, summary["rsum_mean"], yerr=summary["rsum_std"], color=PALETTE[1], alpha=0.85)
+            lo = float((summary["rsum_mean"] - summary["rsum_std"]).min())
+            hi = float((summary["rsum_mean"] + summary["rsum_std"]).max())
+            pad = max(1.0, 0.15 * (hi - lo))
+            ax.set_ylim(max(0.0, lo - pad), hi + pad)  # differences are small: zoom in on them
+        ax.set_title(title)
+        ax.set_ylabel("R@sum")
+    return finish(fig, "AsCL Fig. 3: generated samples", seeds_footer(recs))
+
+
+def read_alignment_uniformity(record_dir) -> dict:
+    path = Path(record_dir) / "alignment_uniformity.json"
+    try:
+        data = json.loads(path.read_text())
+        return {
+            "I-T alignment": float(data["alignment"]["image_text"]),
+            "T-T alignment": float(data["alignment"]["text_text"]),
+            "image uniformity": float(data["uniformity"]["image"]["mean"]),
+            "text uniformity": float(data["uniformity"]["text"]["mean"]),
+        }
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{path}: expected alignment.{{image_text,text_text}} and uniformity.{{image,text}}.mean "
+                        f"({type(err).__name__})") from None
+
+
+def plot_ascl_fig4_alignment_uniformity(records, paper, registry):
+    """Mean distance of positive pairs (lower = better aligned) and among all items (higher = more uniform)."""
+    recs = records[records["protocol"] == "coco_5k"].drop_duplicates("record_dir")
+    rows = [{"label": experiment_label(r["experiment"], registry), "seed": r["seed"], **read_alignment_uniformity(r["record_dir"])}
+            for r in recs.to_dict("records")]
+    fig, axes = new_figure(1, 2, panel=(4.0, 3.0))
+    if not rows:
+        for ax in axes[0]:
+            empty_panel(ax, "no runs yet")
+        return finish(fig, "AsCL Fig. 4: alignment and uniformity")
+    long = pd.DataFrame(rows).melt(id_vars=["label", "seed"], var_name="measure", value_name="distance")
+    for ax, measures, title in ((axes[0, 0], ["I-T alignment", "T-T alignment"], "(a) alignment ↓"),
+                                (axes[0, 1], ["image uniformity", "text uniformity"], "(b) uniformity ↑")):
+        sns.barplot(data=long[long["measure"].isin(measures)], x="measure", y="distance", hue="label",
+                    errorbar="sd", ax=ax, palette=[PALETTE[1], PALETTE[7]])
+        ax.set_title(title)
+        ax.set_xlabel("")
+        ax.set_ylabel("mean Euclidean distance")
+        ax.legend(title=None)
+    return finish(fig, "AsCL Fig. 4: alignment and uniformity (MSCOCO 5K)", seeds_footer(recs))
+
+
+LENGTH_EDGES = [0, 7, 9, 11, 13, 16, 1000]  # words; buckets (0, 7], (7, 9], ... as in AsCL Fig. 5's short/long split
+LENGTH_LABELS = ["≤7", "8–9", "10–11", "12–13", "14–16", "≥17"]
+
+
+def t2i_r1_by_length(ranks_path, captions: list[str]) -> pd.Series:
+    """Text-to-image R@1 (percent) per caption-length bucket, from a run's saved per-caption ranks."""
+    try:
+        with np.load(ranks_path) as z:
+            t2i = z["t2i"] if "t2i" in z.files else z["t2i_ranks"]
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"{ranks_path}: expected per-caption text-to-image ranks under 't2i' ({type(err).__name__})") from None
+    lengths = np.array([len(c.split()) for c in captions[: len(t2i)]])
+    if len(lengths) != len(t2i):
+        raise DataError(f"{ranks_path}: {len(t2i)} ranks but only {len(lengths)} captions in the evaluation split")
+    bucket = pd.cut(lengths, LENGTH_EDGES, labels=LENGTH_LABELS)
+    return pd.Series(100.0 * (np.asarray(t2i) < 1), index=bucket).groupby(level=0, observed=False).mean()
+
+
+def plot_ascl_fig5_query_length(records, paper, registry):
+    """Text-to-image R@1 per query-length bucket, AsCL vs w/o P&N, one panel per data set."""
+    from itrbench.data.precomp import open_split
+
+    recs = _on_main_protocol(records)
+    datasets = [d for d in ("coco", "f30k") if d in set(recs["dataset_key"])] or ["coco"]
+    fig, axes = new_figure(1, len(datasets), panel=(4.2, 3.1))
+    for ax, ds in zip(axes[0], datasets):
+        part = recs[recs["dataset_key"] == ds]
+        if part.empty:
+            empty_panel(ax, "no runs yet")
+            continue
+        rows = []
+        for r in part.to_dict("records"):
+            d = r["config"]["data"]
+            captions = open_split(d["root"], d["dataset"], d["eval_split"]).captions
+            by_len = t2i_r1_by_length(Path(r["run_dir"]) / "ranks.npz", captions)
+            rows += [{"label": experiment_label(r["experiment"], registry), "seed": r["seed"], "length": k, "R@1": v}
+                     for k, v in by_len.items()]
+        sns.barplot(data=pd.DataFrame(rows), x="length", y="R@1", hue="label", order=LENGTH_LABELS, errorbar="sd",
+                    ax=ax, palette=[PALETTE[1], PALETTE[7]])
+        ax.set_title(f"{part['dataset'].iloc[0]} ({main_protocol(ds)})")
+        ax.set_xlabel("query length (words)")
+        ax.set_ylabel("text-to-image R@1")
+        ax.legend(title=None)
+    return finish(fig, "AsCL Fig. 5: image retrieval by query length", seeds_footer(recs))
+
+
+FIGURES = {
+    "coder_fig3_batch_size": plot_coder_fig3_batch_size,
+    "coder_fig4_latency_recall": plot_coder_fig4_latency_recall,
+    "coder_table4_k": plot_coder_table4_k,
+    "ascl_fig3_samples": plot_ascl_fig3_samples,
+    "ascl_fig4_alignment_uniformity": plot_ascl_fig4_alignment_uniformity,
+    "ascl_fig5_query_length": plot_ascl_fig5_query_length,
+}
+
+__all__ = ["FIGURES", "house_style", "new_figure", "save_figure", "finish", "summarise", "t2i_r1_by_length"]

@@ -1,0 +1,236 @@
+"""Generic trainer: one loop for every method; methods plug in through the RetrievalModel hooks.
+
+A run folder holds config.yaml (resolved), train_log.jsonl, checkpoint.pt (latest epoch, written atomically)
+and metrics.json. A killed run resumes from its checkpoint when started again with the same config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from itrbench.config import config_hash, dump_yaml
+from itrbench.data.dataset import CaptionDataset, make_loader
+from itrbench.data.precomp import open_split
+from itrbench.errors import ConfigError
+from itrbench.models.base import ModelContext, build_model
+from itrbench.text import TextEncoder, cache_token_features, load_token_cache, token_cache_path
+from itrbench.utils import atomic_path, git_commit, package_versions, resolve_device, seed_everything, write_json
+
+
+def set_threads(config: dict) -> int:
+    n = config.get("threads") or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+    return n
+
+
+@dataclass
+class RunData:
+    """Everything a run reads from disk: splits, text caches, and the model's view of them."""
+
+    train_split: object
+    eval_split: object
+    train_cache: tuple | None
+    eval_cache: tuple | None
+    text_encoder: object
+    context: ModelContext
+
+
+def text_cache(config: dict, split, tag: str = "caps", captions: list[str] | None = None, device="cpu"):
+    """Memory-mapped frozen token features of a split (built on first use; the pipeline builds them ahead)."""
+    t, d = config["text"], config["data"]
+    captions = split.captions if captions is None else captions
+    path = token_cache_path(t["cache_dir"], d["dataset"], split.split, t["encoder"], t["max_length"], tag)
+    if not path.is_file():
+        encoder = TextEncoder(t["encoder"], t["max_length"], trainable=False)
+        cache_token_features(captions, encoder, path, t["batch_size"], device=device)
+    return load_token_cache(path, len(captions))
+
+
+def prepare(config: dict, work_dir: Path, device, need_train: bool = True) -> RunData:
+    d, t = config["data"], config["text"]
+    train_split = open_split(d["root"], d["dataset"], d["train_split"])
+    eval_split = open_split(d["root"], d["dataset"], d["eval_split"])
+    frozen = t["mode"] == "frozen"
+    encoder = None if frozen else TextEncoder(t["encoder"], t["max_length"], trainable=True)
+    train_cache = text_cache(config, train_split, device=device) if frozen and need_train else None
+    eval_cache = text_cache(config, eval_split, device=device) if frozen else None
+    text_dim = (train_cache or eval_cache)[0].shape[-1] if frozen else encoder.hidden_size
+    global_feats = train_split.global_feats
+    context = ModelContext(
+        image_dim=train_split.images.shape[-1],
+        text_dim=int(text_dim),
+        global_dim=None if global_feats is None else int(global_feats.shape[-1]),
+        text_encoder=encoder,
+        train_split=train_split,
+        n_train_captions=len(CaptionDataset(train_split, max_images=d["max_train_images"])),
+        work_dir=work_dir,
+        device=device,
+        token_cache_factory=(lambda tag, caps: text_cache(config, train_split, tag, caps, device)) if frozen else None,
+    )
+    return RunData(train_split, eval_split, train_cache, eval_cache, encoder, context)
+
+
+def lr_at(config: dict, epoch: int) -> float:
+    tr = config["train"]
+    return tr["lr"] * tr["lr_decay"] ** sum(epoch >= e for e in tr["lr_decay_epochs"])
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, config: dict, out_dir: str | Path):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(config["device"])
+        if config["device"] == "cuda" and self.device.type != "cuda":
+            raise ConfigError("device: 'cuda' requested but no CUDA device is visible")
+        self.threads = set_threads(config)
+        seed_everything(config["seed"])
+        self.data = prepare(config, self.out_dir, self.device)
+        self.model = build_model(config, self.data.context).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.param_groups(config["train"]["lr"], config["train"]["text_lr_scale"]))
+        self.dataset = CaptionDataset(self.data.train_split, self.data.train_cache, max_images=config["data"]["max_train_images"])
+        self.out_dir.mkdir(parents=True, exist_ok=True)  # only once every input opened cleanly
+        self.autocast = self.device.type == "cuda" and config["train"]["bf16"]
+        self.start_epoch, self.wall_before = 0, 0.0
+        self.step = 0
+
+    # ---- checkpoints ----
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def save_checkpoint(self, epoch: int, wall: float) -> None:
+        state = {
+            "epoch": epoch, "step": self.step, "wall_seconds": wall, "config_hash": config_hash(self.config, ()),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "extra": self.model.extra_state(), "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def try_resume(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state["config_hash"] != config_hash(self.config, ()):
+            raise ConfigError(f"{self.checkpoint_path}: checkpoint was written with a different config; remove the run folder to retrain")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.load_extra_state(state["extra"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self.start_epoch, self.step, self.wall_before = state["epoch"] + 1, state["step"], state["wall_seconds"]
+        return True
+
+    # ---- loop ----
+    def train(self) -> None:
+        cfg = self.config["train"]
+        (self.out_dir / "config.yaml").write_text(dump_yaml(self.config))
+        resumed = self.try_resume()
+        log_mode = "a" if resumed else "w"
+        t0 = time.perf_counter()
+        self.model.on_train_start(self)
+        with open(self.out_dir / "train_log.jsonl", log_mode) as log:
+            for epoch in range(self.start_epoch, cfg["epochs"]):
+                self.train_epoch(epoch, log)
+                self.model.on_epoch_end(self, epoch)
+                if (epoch + 1) % cfg["checkpoint_every"] == 0 or epoch + 1 == cfg["epochs"]:
+                    self.save_checkpoint(epoch, self.wall_before + time.perf_counter() - t0)
+        self.train_wall_seconds = self.wall_before + time.perf_counter() - t0
+
+    def train_epoch(self, epoch: int, log) -> None:
+        cfg = self.config["train"]
+        lr = lr_at(self.config, epoch)
+        for group, base in zip(self.optimizer.param_groups, self.model.param_groups(1.0, cfg["text_lr_scale"])):
+            group["lr"] = lr * base["lr"]
+        loader = make_loader(self.dataset, cfg["batch_size"], shuffle=True, seed=self.config["seed"], epoch=epoch,
+                             num_workers=cfg["num_workers"], drop_last=len(self.dataset) > cfg["batch_size"])
+        self.model.train()
+        sums, count = {}, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="batch", leave=False, mininterval=2)
+        for batch in bar:
+            batch = to_device(batch, self.device)
+            self.model.before_step()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss, parts = self.model.training_loss(batch, epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
+            self.optimizer.step()
+            self.model.after_step()
+            self.step += 1
+            count += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if self.step % cfg["log_every"] == 0:
+                log.write(json.dumps({"epoch": epoch, "step": self.step, "lr": lr, **parts}) + "\n")
+        summary = {k: v / max(count, 1) for k, v in sums.items()}
+        log.write(json.dumps({"epoch": epoch, "step": self.step, "lr": lr, "epoch_mean": summary}) + "\n")
+        log.flush()
+        bar.close()
+        tqdm.write(f"epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+
+
+def evaluate_run(config: dict, model, data: RunData, out_dir: Path, device, train_wall_seconds: float | None) -> dict:
+    from itrbench.evaluation import evaluate_model
+
+    d, e = config["data"], config["eval"]
+    result = evaluate_model(model, data.eval_split, d["protocols"], device=device, batch_size=e["batch_size"],
+                            token_cache=data.eval_cache, max_images=d["max_eval_images"],
+                            block_images=e["block_images"], block_captions=e["block_captions"])
+    metrics = {
+        **result,
+        "train_wall_seconds": train_wall_seconds,
+        "epochs": config["train"]["epochs"],
+        "versions": package_versions(),
+        "git_commit": git_commit(Path(__file__).parent),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "config_hash": config_hash(config),
+        "seed": config["seed"],
+        "dataset": d["dataset"],
+        "method": config["method"],
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def train_and_evaluate(config: dict, out_dir: str | Path) -> dict:
+    trainer = Trainer(config, out_dir)
+    trainer.train()
+    return evaluate_run(config, trainer.model, trainer.data, trainer.out_dir, trainer.device, trainer.train_wall_seconds)
+
+
+def load_trained(run_dir: str | Path):
+    """Rebuild a run's model from config.yaml + checkpoint.pt (for `itrbench evaluate` and figure extras)."""
+    from itrbench.config import load_config
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    device = resolve_device(config["device"])
+    set_threads(config)
+    data = prepare(config, run_dir, device, need_train=False)
+    model = build_model(config, data.context).to(device)
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise ConfigError(f"{ckpt}: no checkpoint; train the run first")
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    model.load_extra_state(state["extra"])
+    return config, model, data, device, state.get("wall_seconds")

@@ -1,0 +1,286 @@
+"""The Snakemake workflow: lint, dry-runs (default, paper on fixture paths, SLURM), config errors, dedupe and reruns.
+
+Most tests run Snakemake in a temporary working directory. `test_dag_logic_*` executes the real DAG with a stand-in
+`itrbench` on PATH that writes each rule's outputs instantly (the bookkeeping rules are real), so the rerun logic is
+tested in seconds. `test_tiny_dag` runs the real thing on workflow/config/tiny.yaml (`pytest -k tiny_dag`).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from itrbench.report import registry as reg
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "workflow" / "config"
+SCHEMA = CONFIGS / "schema.yaml"
+BIN = Path(sys.executable).parent
+
+
+def snakemake(*args, cwd=None, env=None, timeout=600):
+    """Run snakemake on the repository's Snakefile; returns (returncode, stdout + stderr)."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args]
+    out = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return out.returncode, out.stdout + out.stderr
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The "Job stats" table of a (dry-)run."""
+    stats = output[output.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m.group(1) != "total"}
+
+
+def jobs_of(output: str, rule: str) -> list[str]:
+    """The printed blocks of every job of `rule` in a dry-run."""
+    return [b for b in re.split(r"\n(?=\[[^\]]+\]\n)", output) if re.search(rf"^(local)?rule {rule}:", b, re.M)]
+
+
+def expected_trainings(config_path, **overrides) -> set[tuple[str, int]]:
+    wf = {**reg.load_workflow_config(config_path, SCHEMA), **overrides}
+    registry = reg.load_registry(overrides.get("experiments") or REPO / wf["experiments"])
+    plan = reg.plan_runs(wf, registry)
+    table_exps = {n for t in registry["tables"] for n in plan.experiments_of_table(t)}
+    return {(r.hash, r.seed) for r in plan.runs if r.experiment in table_exps}
+
+
+def test_lint():
+    rc, out = snakemake("--lint", cwd=REPO)
+    assert rc == 0, out
+    assert "Congratulations" in out
+
+
+def test_dry_run_default_one_training_per_unique_run(tmp_path):
+    rc, out = snakemake("-n", "tables", "--directory", str(tmp_path))
+    assert rc == 0, out
+    counts = job_counts(out)
+    want = expected_trainings(CONFIGS / "default.yaml")
+    assert counts["train"] == len(want) == 84
+    trained = {(re.search(r"hash=(\w+)", b).group(1), int(re.search(r"seed=(\d+)", b).group(1))) for b in jobs_of(out, "train")}
+    assert trained == want
+    # 31 (experiment, data set) pairs report into tables, on 3 seeds; CODER's full model is 4 of them on f30k
+    assert counts["experiment_record"] == 93 and counts["table"] == 6
+    assert counts["toy_data"] == 2 and counts["cache_text"] == 4 and counts["concepts"] == 2
+    assert "validate_data" not in counts
+    for block in jobs_of(out, "train"):
+        assert "gpu=0" in block  # the toy config asks for no GPU
+
+
+def _paper_fixture(tmp_path):
+    """Empty stand-ins for the user's real data (a dry-run only checks that inputs exist)."""
+    data = tmp_path / "real"
+    for ds, splits in (("f30k", ["train", "test"]), ("coco", ["train", "testall"])):
+        folder = data / f"{ds}_precomp"
+        folder.mkdir(parents=True)
+        for s in splits:
+            for kind in ("ims.npy", "caps.txt", "ids.txt"):
+                (folder / f"{s}_{kind}").touch()
+            if ds == "coco":
+                (folder / f"{s}_global.npy").touch()  # coco has global features; f30k computes them from images
+    (tmp_path / "images").mkdir()
+    (tmp_path / "glove.txt").touch()
+    return {"ITRBENCH_DATA": str(data), "ITRBENCH_GLOVE": str(tmp_path / "glove.txt"),
+            "ITRBENCH_F30K_IMAGES": str(tmp_path / "images"), "ITRBENCH_COCO_IMAGES": ""}
+
+
+def all_trainings(config_path):
+    wf = reg.load_workflow_config(config_path, SCHEMA)
+    plan = reg.plan_runs(wf, reg.load_registry(REPO / wf["experiments"]))
+    return {(r.hash, r.seed) for r in plan.runs}
+
+
+@pytest.fixture(scope="module")
+def paper_slurm_dry_run(tmp_path_factory):
+    """One dry-run of the paper config (fixture data paths from env vars) through the SLURM profile."""
+    tmp_path = tmp_path_factory.mktemp("paper")
+    profile = REPO / "workflow" / "profiles" / "slurm"
+    env = {**_paper_fixture(tmp_path), "ITRBENCH_SLURM_ACCOUNT": "acct42", "ITRBENCH_SLURM_PARTITION": "cpuq",
+           "ITRBENCH_SLURM_GPU_PARTITION": "gpuq", "ITRBENCH_GPU_MODEL": "a100"}
+    rc, out = snakemake("--configfile", str(CONFIGS / "paper.yaml"), "--profile", str(profile), "--executor", "slurm",
+                        "--jobs", "4", "-n", "--directory", str(tmp_path / "wd"), env=env)
+    assert rc == 0, out
+    return tmp_path, out
+
+
+def test_dry_run_paper_against_fixture_paths(paper_slurm_dry_run):
+    tmp_path, out = paper_slurm_dry_run
+    counts = job_counts(out)
+    assert counts["validate_data"] == 2 and "toy_data" not in counts and "cache_text" not in counts  # BERT fine-tuned
+    assert counts["global_features"] == 2  # f30k train + test, from the raw images; coco has them
+    assert counts["train"] == len(all_trainings(CONFIGS / "paper.yaml"))  # default target `all`: tables + figures
+    assert counts["figure"] >= 5 and counts["table"] == 6
+    assert all("itrbench pin-gpu --gpus 1 -- itrbench train --config" in b for b in jobs_of(out, "train"))
+    assert str(tmp_path / "glove.txt") in "".join(jobs_of(out, "concepts"))
+    assert str(tmp_path / "real" / "f30k_precomp" / "train_ims.npy") in "".join(jobs_of(out, "validate_data"))
+
+
+def test_slurm_profile_dry_run_shows_gpu_resources(paper_slurm_dry_run):
+    profile = REPO / "workflow" / "profiles" / "slurm"
+    assert (profile / "config.yaml").read_text() == (profile / "profile.yaml").read_text()
+    _, out = paper_slurm_dry_run
+    train = jobs_of(out, "train")
+    assert train
+    for block in train:
+        res = re.search(r"resources: (.*)", block).group(1)
+        for want in ("gpu=1", "gpu_model=a100", "cpus_per_gpu=8", "slurm_account=acct42", "slurm_partition=gpuq",
+                     "runtime=2880", "mem_mb=64000"):
+            assert want in res, (want, res)
+    for block in jobs_of(out, "table") + jobs_of(out, "validate_data"):
+        res = re.search(r"resources: (.*)", block).group(1)
+        assert "gpu=" not in res and "slurm_partition=cpuq" in res and "slurm_account=acct42" in res
+
+
+def test_misspelt_config_key_fails_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((CONFIGS / "tiny.yaml").read_text().replace("    eval_split: test\n", "    eval_splt: test\n"))
+    wd = tmp_path / "wd"
+    rc, out = snakemake("--configfile", str(bad), "--cores", "1", "tables", "--directory", str(wd))
+    assert rc != 0
+    assert f"{bad}: invalid workflow config: unknown key 'datasets.f30k.eval_splt' (did you mean 'eval_split'?)" in out
+    assert not (wd / "results").exists() and not (wd / "data").exists()
+
+
+def test_misspelt_override_key_fails_naming_registry(tmp_path):
+    registry = tmp_path / "experiments.yaml"
+    registry.write_text((REPO / "workflow" / "experiments.yaml").read_text().replace(
+        "overrides: {coder: {pgc: false}}", "overrides: {coder: {pgc: false}, train: {epochz: 3}}"))
+    rc, out = snakemake("--cores", "1", "tables", "--config", f"experiments={registry}", "--directory", str(tmp_path / "wd"))
+    assert rc != 0
+    assert f"{registry} (experiments/coder/table2/row4/overrides): unknown key 'train.epochz'" in out
+    assert not (tmp_path / "wd" / "results").exists()
+
+
+FAKE_ITRBENCH = '''#!{python}
+"""Stand-in for `itrbench` in the DAG-logic test: writes each command's outputs at once, logs trainings."""
+import json, os, sys
+from pathlib import Path
+import yaml
+argv = sys.argv[1:]
+opt = lambda name: argv[argv.index(name) + 1]
+cmd = argv[0]
+with open(os.environ["FAKE_ITRBENCH_LOG"], "a") as log:
+    log.write(" ".join(argv) + "\\n")
+if cmd == "train":
+    cfg = yaml.safe_load(Path(opt("--config")).read_text())
+    out = Path(opt("--out"))
+    out.mkdir(parents=True, exist_ok=True)
+    vals = dict(i2t_r1=10.0, i2t_r5=20.0, i2t_r10=30.0, t2i_r1=5.0, t2i_r5=15.0, t2i_r10=25.0, rsum=105.0)
+    (out / "metrics.json").write_text(json.dumps({{"protocols": {{p: vals for p in cfg["data"]["protocols"]}}}}))
+elif cmd == "toy":
+    folder = Path(opt("--out")) / (opt("--dataset") + "_precomp")
+    folder.mkdir(parents=True)
+    (folder / "train_caps.txt").write_text("a caption\\n")
+elif cmd == "cache-text":
+    Path(opt("--out")).parent.mkdir(parents=True, exist_ok=True)
+    Path(opt("--out")).write_text("x")
+    Path(opt("--out")[:-len(".npy")] + ".len.npy").write_text("x")
+elif cmd == "concepts":
+    Path(opt("--out")).mkdir(parents=True)
+elif cmd == "table":
+    Path(opt("--md")).write_text("md")
+    Path(opt("--csv")).write_text("csv")
+else:
+    sys.exit("unexpected command " + cmd)
+'''
+
+
+def _fake_env(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "itrbench"
+    fake.write_text(FAKE_ITRBENCH.format(python=sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    return {"PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ITRBENCH_LOG": str(log)}, log
+
+
+def test_dag_logic_each_unique_run_trains_once_then_nothing_then_only_the_changed_one(tmp_path):
+    # f30k only, two seeds; CODER's full model is reported by coder/table1/coder and coder/table2/row5 (one run)
+    cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    del cfg["datasets"]["coco"]
+    cfg["seeds"] = [0, 1]
+    cfg["only"] = ["vsepp/baseline", "coder/table1/coder", "coder/table2/*"]
+    cfg_path = tmp_path / "dag.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env, log = _fake_env(tmp_path)
+    wd = tmp_path / "wd"
+
+    rc, out = snakemake("--configfile", str(cfg_path), "--cores", "2", "tables", "--directory", str(wd), env=env)
+    assert rc == 0, out
+    trains = [line.split() for line in log.read_text().splitlines() if line.startswith("train ")]
+    configs = [t[t.index("--config") + 1] for t in trains]
+    assert len(configs) == len(set(configs)) == 12  # 6 unique configs (row5 = table1 CODER) x 2 seeds
+    assert {(Path(c).parent.name, int(Path(c).name.split("seed")[1].split(".")[0])) for c in configs} == \
+        expected_trainings(cfg_path)
+    # every experiment gets its record; the two CODER-full records point at one run folder
+    full = [yaml.safe_load((wd / f"results/toy-f30k/coder/{e}/seed0/run.json").read_text())["run_dir"]
+            for e in ("coder/table1/coder", "coder/table2/row5")]
+    assert full[0] == full[1] and (wd / full[0] / "metrics.json").is_file()
+
+    rc, out = snakemake("--configfile", str(cfg_path), "-n", "tables", "--directory", str(wd), env=env)
+    assert rc == 0 and "Nothing to be done" in out, out
+
+    registry = tmp_path / "experiments.yaml"
+    registry.write_text((REPO / "workflow" / "experiments.yaml").read_text().replace(
+        "overrides: {coder: {concepts: false, pgc: false}}", "overrides: {coder: {concepts: false, pgc: false}, train: {lr: 0.002}}"))
+    rc, out = snakemake("--configfile", str(cfg_path), "--config", f"experiments={registry}", "-n", "tables",
+                        "--directory", str(wd), env=env)
+    assert rc == 0, out
+    counts = job_counts(out)
+    assert counts["train"] == 2 and counts["run_config"] == 2 and counts["experiment_record"] == 2
+    new_hash = reg.config_hash(reg.resolve_experiment(
+        {**reg.load_workflow_config(cfg_path, SCHEMA), "experiments": str(registry)}, reg.load_registry(registry),
+        "coder/table2/row3", "f30k"))
+    assert {re.search(r"hash=(\w+)", b).group(1) for b in jobs_of(out, "train")} == {new_hash}
+    assert all("coder/table2/row3/" in b for b in jobs_of(out, "experiment_record"))
+
+
+def test_tiny_dag(tmp_path):
+    """The whole DAG for real on the tiny config, through the tables (budget: 3 minutes on 2 cores)."""
+    wd = tmp_path / "wd"
+    rc, out = snakemake("--configfile", str(CONFIGS / "tiny.yaml"), "--cores", "2", "tables", "--directory", str(wd),
+                        "--show-failed-logs", env={"HF_HUB_OFFLINE": "1"})
+    assert rc == 0, out[-6000:]
+    t1 = (wd / "tables" / "coder_table1.md").read_text()
+    assert re.search(r"\| CODER \| CODER \| paper \|.*\| 1/1 seeds \|", t1) and "| reported only |" in t1
+    assert re.search(r"\| VSE\+\+ \| VSE\+\+ \[10\] \(2018\) \| paper \|.*\| 1/1 seeds \|", t1)
+    a1 = (wd / "tables" / "ascl_table1.md").read_text()
+    assert re.search(r"\| AsCL \| AsCL \(OURS\) \| paper \|.*\| 1/1 seeds \|", a1)
+    assert "| not run |" in (wd / "tables" / "coder_table2.md").read_text()
+    runs = sorted((wd / "results" / "runs").glob("*/seed0/metrics.json"))
+    assert len(runs) == 6  # 3 experiments x 2 data sets, 1 seed; the trainer's hash is the folder's
+    assert all(json.loads(p.read_text())["config_hash"] == p.parent.parent.name for p in runs)
+    for name in ("coder_table1", "coder_table2", "coder_table3", "coder_table4", "ascl_table1", "ascl_table2"):
+        assert (wd / "tables" / f"{name}.csv").read_text().startswith("# config=tiny scale=toy commit=")
+    rc, out = snakemake("--configfile", str(CONFIGS / "tiny.yaml"), "-n", "tables", "--directory", str(wd))
+    assert rc == 0 and "Nothing to be done" in out, out
+
+
+def test_pin_gpu_gives_each_job_a_free_device(tmp_path):
+    """Two devices, one held by another job: the command runs on the other one; with as many as asked, no locking."""
+    import fcntl
+
+    env = {**os.environ, "ITRBENCH_GPU_LOCK_DIR": str(tmp_path), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    show = ["--", sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]
+    held = open(tmp_path / "gpu3.lock", "w")
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a running job holds device 3
+    try:
+        out = subprocess.run([sys.executable, "-m", "itrbench.cli", "pin-gpu", "--gpus", "1", "--ids", "3,5", *show],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "5"
+    finally:
+        held.close()
+    env["CUDA_VISIBLE_DEVICES"] = "7"  # e.g. SLURM gave this job one GPU: used as is
+    out = subprocess.run([sys.executable, "-m", "itrbench.cli", "pin-gpu", "--gpus", "1", *show],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "7", out.stderr
+    out = subprocess.run([sys.executable, "-m", "itrbench.cli", "pin-gpu", "--gpus", "2", *show],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "2 GPU(s) requested, 1 visible" in out.stderr

@@ -1,0 +1,335 @@
+"""Experiment registry, paper numbers, table builder and figures (no Snakemake here: see test_pipeline.py)."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from itrbench.cli import main
+from itrbench.errors import ConfigError, DataError
+from itrbench.report import registry as reg
+from itrbench.report.tables import (
+    METRICS, NOT_RUN, REPORTED_ONLY, build_table, load_paper_numbers, load_records,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "workflow" / "config"
+SCHEMA = CONFIGS / "schema.yaml"
+REGISTRY = REPO / "workflow" / "experiments.yaml"
+PAPER = REPO / "workflow" / "paper"
+RECALLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return reg.load_registry(REGISTRY)
+
+
+@pytest.fixture(scope="module")
+def wf_default():
+    return reg.load_workflow_config(CONFIGS / "default.yaml", SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return pd.concat([load_paper_numbers(PAPER / "coder.csv"), load_paper_numbers(PAPER / "ascl.csv")], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------------ paper numbers
+def test_paper_tables_complete(paper):
+    rows = paper.groupby(["paper", "table"])["row"].nunique().to_dict()
+    assert rows[("coder", "1")] == 16 and rows[("coder", "2")] == 5 and rows[("coder", "3")] == 6
+    assert rows[("coder", "4")] == 4 and rows[("ascl", "I")] == 13 and rows[("ascl", "II")] == 6
+    # every other method's row of CODER Table 1 and AsCL Table I, on both of its protocols
+    t1 = paper[(paper["paper"] == "coder") & (paper["table"] == "1")]
+    assert (t1.groupby("row")["protocol"].apply(sorted) == pd.Series([["coco_1k", "f30k_1k"]] * 16, index=sorted(t1["row"].unique()))).all()
+    a1 = paper[(paper["paper"] == "ascl") & (paper["table"] == "I")]
+    assert set(a1["protocol"]) == {"coco_5k", "f30k_1k"} and len(a1) == 26
+
+
+def test_paper_rsum_matches_recalls_except_the_two_misprints(paper):
+    """A printed R@sum equals the sum of the six R@K, except SHAN's and CODER's COCO rows (kept as printed, noted)."""
+    full = paper[paper["rsum"].notna()]
+    total = full[RECALLS].sum(axis=1).round(1)
+    off = full[(total - full["rsum"]).abs() > 0.05]
+    assert sorted(zip(off["row"], off["protocol"])) == [("CODER", "coco_1k"), ("SHAN", "coco_1k")]
+    assert all("misprinted" in n for n in off["note"])
+    assert total[off.index].tolist() == [519.8, 530.7] and off["rsum"].tolist() == [519.5, 530.6]
+
+
+@pytest.mark.parametrize("row, protocol, column, value", [
+    # spot checks against the papers' text
+    ("CODER", "f30k_1k", "t2i_r10", 93.0), ("SGRAF", "coco_1k", "i2t_r1", 79.6), ("VSE++", "coco_1k", "i2t_r5", None),
+])
+def test_coder_table1_spot_values(paper, row, protocol, column, value):
+    cell = paper[(paper["paper"] == "coder") & (paper["table"] == "1") & (paper["row"] == row) & (paper["protocol"] == protocol)][column]
+    assert len(cell) == 1
+    assert (np.isnan(cell.iloc[0]) if value is None else cell.iloc[0] == value)
+
+
+def test_paper_numbers_bad_input(tmp_path):
+    good = (PAPER / "ascl.csv").read_text().splitlines()
+    cases = {
+        "protocol": good[1].replace("coco_5k", "coco_9k"),
+        "in [0, 100]": good[1].replace("41.3", "141.3"),
+        "duplicate": good[1],
+    }
+    for needle, line in cases.items():
+        path = tmp_path / f"{needle[:5]}.csv"
+        path.write_text("\n".join([good[0], good[1], line] if needle == "duplicate" else [good[0], line]) + "\n")
+        with pytest.raises(DataError) as err:
+            load_paper_numbers(path)
+        assert str(path) in str(err.value) and needle in str(err.value)
+    cols = tmp_path / "cols.csv"
+    cols.write_text("paper,table,row\nascl,I,x\n")
+    with pytest.raises(DataError, match="expected columns"):
+        load_paper_numbers(cols)
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def test_registry_rows_exist_in_paper_numbers(registry, paper):
+    for name, exp in registry["experiments"].items():
+        for rep in exp["reports"]:
+            spec = registry["tables"][rep["table"]]
+            rows = paper[(paper["paper"] == spec["paper"]) & (paper["table"] == spec["table"])]["row"]
+            assert rep["row"] in set(rows), (name, rep)
+
+
+def test_identical_configs_share_one_hash(wf_default, registry):
+    h = {n: reg.config_hash(reg.resolve_experiment(wf_default, registry, n, "f30k"))
+         for n in ["coder/table1/coder", "coder/table2/row5", "coder/table3/row6", "coder/table4/k10000",
+                   "coder/table4/k5000", "coder/table3/row3", "coder/fig3/bs128-no-mdcl", "vsepp/baseline"]}
+    assert h["coder/table1/coder"] == h["coder/table2/row5"] == h["coder/table3/row6"] == h["coder/table4/k10000"]
+    assert h["coder/table3/row3"] == h["coder/fig3/bs128-no-mdcl"]  # w/o M-DCL at the default batch 128
+    assert len({h["coder/table1/coder"], h["coder/table4/k5000"], h["coder/table3/row3"], h["vsepp/baseline"]}) == 4
+    # the same experiment on the other data set is another run; the seed is not part of the identity
+    coco = reg.resolve_experiment(wf_default, registry, "coder/table1/coder", "coco")
+    assert reg.config_hash(coco) != h["coder/table1/coder"]
+    seeded = reg.resolve_experiment(wf_default, registry, "coder/table1/coder", "f30k", seed=2)
+    assert seeded["seed"] == 2 and reg.config_hash(seeded) == h["coder/table1/coder"]
+
+
+def test_resolution_order(wf_default, registry):
+    """schema defaults < run < methods.<m> < bases < datasets.<d> < experiment overrides."""
+    wf = copy.deepcopy(wf_default)
+    wf["run"]["train"] = {"epochs": 2, "lr": 0.1}
+    wf["methods"]["coder"]["train"].update({"epochs": 3})
+    wf["datasets"]["f30k"]["methods"]["coder"] = {"coder": {"pgc_k_paper": 777}, "train": {"grad_clip": 1.5}}
+    cfg = reg.resolve_experiment(wf, registry, "coder/table4/k5000", "f30k")
+    assert cfg["train"]["epochs"] == 3                  # methods beat run
+    assert cfg["train"]["lr"] == wf_default["methods"]["coder"]["train"]["lr"]
+    assert cfg["train"]["grad_clip"] == 1.5             # data set layer
+    assert cfg["coder"]["pgc_k_paper"] == 5000          # experiment override beats the data set's K
+    assert cfg["coder"]["mdcl"] is True                 # from the registry base
+    assert cfg["data"]["dataset"] == "toy-f30k" and cfg["data"]["eval_split"] == "test"
+    assert cfg["coder"]["concept_dir"] == "results/concepts/toy-f30k"
+    other = reg.resolve_experiment(wf, registry, "coder/table1/coder", "f30k")
+    assert other["coder"]["pgc_k_paper"] == 777
+
+
+def test_changing_one_override_changes_only_that_experiments_hash(wf_default, registry):
+    before = reg.plan_runs(wf_default, registry)
+    changed = copy.deepcopy(registry)
+    changed["experiments"]["coder/table2/row3"]["overrides"]["train"] = {"lr": 0.123}
+    after = reg.plan_runs(wf_default, changed)
+    diff = {(a.experiment, a.dataset) for a, b in zip(before.runs, after.runs) if a.hash != b.hash}
+    assert diff == {("coder/table2/row3", "toy-f30k")}
+
+
+def test_plan_counts(wf_default, registry):
+    plan = reg.plan_runs(wf_default, registry)
+    n_exp_ds = sum(len(e["datasets"]) for e in registry["experiments"].values())
+    assert len(plan.runs) == n_exp_ds * len(wf_default["seeds"])
+    configs = {r.hash for r in plan.runs}
+    assert len(plan.unique_runs) == len(configs) * len(wf_default["seeds"]) < len(plan.runs)
+    only = dict(wf_default, only=["coder/table2/*"], seeds=[0])
+    assert {r.experiment for r in reg.plan_runs(only, registry).runs} == {f"coder/table2/row{i}" for i in range(1, 6)}
+
+
+def _write_registry(tmp_path, mutate):
+    data = yaml.safe_load(REGISTRY.read_text())
+    mutate(data)
+    path = tmp_path / "experiments.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d["experiments"]["coder/table2/row3"].update(overides={}), "unknown key 'experiments.coder/table2/row3.overides'"),
+    (lambda d: d["experiments"]["coder/table2/row3"]["overrides"]["coder"].update(mdlc=True), "coder.mdlc"),
+    (lambda d: d["experiments"]["coder/table2/row3"]["overrides"].update(train={"epochz": 3}), "train.epochz"),
+    (lambda d: d["experiments"]["coder/table2/row3"].update(base="codr"), "unknown base 'codr'"),
+    (lambda d: d["experiments"]["coder/table2/row3"].update(reports=[{"table": "coder_table9", "row": "3"}]), "coder_table9"),
+    (lambda d: d["experiments"]["coder/table2/row3"].update(reports=[{"table": "coder_table2", "row": "2"}]), "already reported"),
+    (lambda d: d["experiments"]["coder/table2/row3"].update(datasets=["flickr"]), "datasets"),
+])
+def test_registry_errors_name_file_and_key(tmp_path, mutate, needle):
+    if needle == "coder.mdlc":
+        from itrbench.config import run_schema
+        if "mdcl" not in run_schema()["properties"]["coder"].get("properties", {}):
+            pytest.skip("the coder section of the run schema is not written yet")
+    path = _write_registry(tmp_path, mutate)
+    with pytest.raises(ConfigError) as err:
+        reg.load_registry(path)
+    msg = str(err.value)
+    assert str(path) in msg and needle in msg and "\n" not in msg
+
+
+def test_workflow_config_errors_and_env(tmp_path, monkeypatch):
+    text = (CONFIGS / "tiny.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("\nseeds:", "\nsedes:"))
+    with pytest.raises(ConfigError, match=rf"{bad}: invalid workflow config: unknown key 'sedes'"):
+        reg.load_workflow_config(bad, CONFIGS / "schema.yaml")
+    monkeypatch.setenv("ITRB_TEST_ROOT", "/somewhere")
+    monkeypatch.delenv("ITRB_UNSET", raising=False)
+    assert reg.expand_env({"a": ["${ITRB_TEST_ROOT}/x", "${ITRB_UNSET:-dflt}"], "n": 3}) == {"a": ["/somewhere/x", "dflt"], "n": 3}
+    with pytest.raises(ConfigError, match="cfg.k: environment variable ITRB_UNSET is not set"):
+        reg.expand_env({"k": "${ITRB_UNSET}"}, "cfg")
+
+
+def test_paper_config_resolves_with_env(monkeypatch, registry):
+    monkeypatch.setenv("ITRBENCH_DATA", "/data/itr")
+    wf = reg.load_workflow_config(CONFIGS / "paper.yaml", SCHEMA)
+    cfg = reg.resolve_experiment(wf, registry, "ascl/table1/ascl", "coco")
+    assert cfg["data"]["root"] == "/data/itr" and cfg["data"]["dataset"] == "coco"
+    assert cfg["data"]["protocols"] == ["coco_1k", "coco_5k"] and cfg["model"]["embed_dim"] == 1024
+    assert cfg["train"]["lr"] == 0.0005 and cfg["train"]["epochs"] == 20 and cfg["train"]["lr_decay_epochs"] == [10]
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _record(root, run, values_by_protocol, extra=None):
+    """A fake experiment record as the pipeline writes it (metrics.json + run.json + config.yaml)."""
+    run_dir = Path(root) / run.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    protocols = {p: {**v, "rsum": float(sum(v[m] for m in RECALLS))} for p, v in values_by_protocol.items()}
+    (run_dir / "metrics.json").write_text(json.dumps({"protocols": protocols, "git_commit": "abc1234", **(extra or {})}))
+    out = Path(root) / run.experiment_dir
+    reg.write_experiment_record(run, run_dir / "metrics.json", out)
+    return out / "metrics.json"
+
+
+def _values(base):
+    return {m: float(base + i) for i, m in enumerate(RECALLS)}
+
+
+def test_build_table_mean_std_diff_and_statuses(tmp_path, wf_default, registry, paper):
+    plan = reg.plan_runs(dict(wf_default, only=["coder/table2/row1", "coder/table2/row2"]), registry)
+    paths = []
+    for r in plan.runs:
+        if r.experiment == "coder/table2/row1":  # three seeds with hand-picked numbers
+            paths.append(_record(tmp_path, r, {"f30k_1k": _values(10.0 * (r.seed + 1))}))
+    records = load_records(paths)
+    table = build_table("coder_table2", registry, paper, records, seeds=[0, 1, 2]).set_index("row")
+    assert list(table.index) == ["1", "2", "3", "4", "5"]
+    row1 = table.loc["1"]
+    assert row1["status"] == "3/3 seeds" and row1["n_seeds"] == 3
+    # seed k has i2t_r1 = 10 (k + 1): mean 20, sample std 10; paper 78.7
+    assert row1["i2t_r1_mean"] == pytest.approx(20.0) and row1["i2t_r1_std"] == pytest.approx(10.0)
+    assert row1["i2t_r1_diff"] == pytest.approx(20.0 - 78.7) and row1["i2t_r1_paper"] == 78.7
+    rsums = [sum(_values(10.0 * (k + 1)).values()) for k in range(3)]
+    assert row1["rsum_mean"] == pytest.approx(np.mean(rsums)) and np.isnan(row1["rsum_paper"])
+    assert np.isnan(row1["rsum_diff"])
+    row2 = table.loc["2"]
+    assert row2["status"] == NOT_RUN and row2["n_seeds"] == 0
+    assert all(np.isnan(row2[f"{m}_mean"]) for m in METRICS)  # never a paper number in a reproduced cell
+    assert row2["i2t_r1_paper"] == 81.9
+    # seeds outside the config's list do not count
+    partial = build_table("coder_table2", registry, paper, records, seeds=[0, 5]).set_index("row").loc["1"]
+    assert partial["status"] == "1/2 seeds" and partial["i2t_r1_mean"] == 10.0 and np.isnan(partial["i2t_r1_std"])
+
+
+def test_table1_reported_only_rows_and_protocol_matching(tmp_path, wf_default, registry, paper):
+    plan = reg.plan_runs(dict(wf_default, only=["vsepp/baseline"], seeds=[0]), registry)
+    base = {"coco_1k": 5.0, "coco_5k": 6.0, "f30k_1k": 7.0}
+    paths = [_record(tmp_path, r, {p: _values(base[p]) for p in r.config["data"]["protocols"]})
+             for r in plan.runs]
+    t1 = build_table("coder_table1", registry, paper, load_records(paths), seeds=[0])
+    vse = t1[t1["row"] == "VSE++"].set_index("protocol")
+    assert vse.loc["coco_1k", "i2t_r1_mean"] == 5.0 and vse.loc["f30k_1k", "i2t_r1_mean"] == 7.0
+    assert np.isnan(vse.loc["coco_1k", "i2t_r5_paper"]) and np.isnan(vse.loc["coco_1k", "i2t_r5_diff"])
+    others = t1[~t1["row"].isin(["VSE++", "CODER"])]
+    assert len(others) == 28 and set(others["status"]) == {REPORTED_ONLY}
+    assert others[[f"{m}_mean" for m in METRICS]].isna().all().all()
+    assert t1.set_index(["row", "protocol"]).loc[("CODER", "f30k_1k"), "status"] == NOT_RUN
+    a1 = build_table("ascl_table1", registry, paper, load_records(paths), seeds=[0])
+    assert a1[a1["row"] == "VSE++"].set_index("protocol").loc["coco_5k", "i2t_r1_mean"] == 6.0
+
+
+def test_table_cli_writes_markdown_and_csv(tmp_path, wf_default, registry, monkeypatch):
+    plan = reg.plan_runs(dict(wf_default, only=["ascl/table1/ascl"], seeds=[0, 1]), registry)
+    paths = [_record(tmp_path, r, {p: _values(20.0 + r.seed) for p in r.config["data"]["protocols"]}) for r in plan.runs]
+    md, csv = tmp_path / "t.md", tmp_path / "t.csv"
+    rc = main(["table", "ascl_table2", "--registry", str(REGISTRY), "--paper-numbers", str(PAPER / "ascl.csv"),
+               "--metrics", *map(str, paths), "--seeds", "0", "1", "--config-name", "default", "--scale", "toy",
+               "--md", str(md), "--csv", str(csv)])
+    assert rc == 0
+    text = md.read_text()
+    first = csv.read_text().splitlines()[0]
+    assert first.startswith("# config=default scale=toy commit=") and "seeds=0,1" in first and "date=" in first
+    assert first[2:] in text and "## MSCOCO 5K" in text and "## Flickr30K 1K" in text
+    assert "| AsCL | AsCL | paper | 94.8 | 99.4 | 66.7 | 87.3 | – | 2/2 seeds |" in text
+    assert "| w/o MF | -w/o MF | paper | 39.7 | 71.2 | 31.0 | 58.7 | – | not run |" in text
+    assert "20.5 ± 0.7" in text  # i2t_r1 over seeds 20, 21
+    df = pd.read_csv(csv, skiprows=1)
+    assert len(df) == 12 and "i2t_r10_paper" not in df.columns  # AsCL Table II prints R@1 and R@5 only
+    ascl = df[(df["row"] == "AsCL") & (df["protocol"] == "coco_5k")].iloc[0]
+    assert ascl["i2t_r1_mean"] == 20.5 and ascl["i2t_r1_diff"] == pytest.approx(20.5 - 94.8)
+
+
+def test_records_need_their_pointer(tmp_path):
+    lonely = tmp_path / "x" / "metrics.json"
+    lonely.parent.mkdir()
+    lonely.write_text(json.dumps({"protocols": {}}))
+    with pytest.raises(DataError, match="unreadable experiment record"):
+        load_records([lonely])
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def test_t2i_r1_by_length_matches_hand_count(tmp_path):
+    from itrbench.report.figures import t2i_r1_by_length
+
+    captions = ["a b c", "a b c d e f g h", "one two three four five six seven eight nine ten eleven", "x y", "p q r s t u v w x"]
+    ranks = np.array([0, 3, 0, 1, 0])
+    np.savez(tmp_path / "ranks.npz", t2i=ranks)
+    got = t2i_r1_by_length(tmp_path / "ranks.npz", captions)
+    # lengths 3, 8, 11, 2, 9 -> buckets ≤7: ranks (0, 1) -> 50%; 8–9: (3, 0) -> 50%; 10–11: (0) -> 100%
+    assert got["≤7"] == 50.0 and got["8–9"] == 50.0 and got["10–11"] == 100.0 and np.isnan(got["≥17"])
+
+
+def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
+    from itrbench.data.toyscenes import generate_toyscenes
+    from itrbench.report.figures import FIGURES, save_figure
+
+    monkeypatch.chdir(tmp_path)
+    wf = copy.deepcopy(wf_default)
+    wf["seeds"] = [0, 1]
+    for entry in wf["datasets"].values():  # small evaluation splits for the query-length figure
+        entry["root"] = "data"
+    generate_toyscenes("data", "toy-f30k", splits={"train": 5, "test": 4}, n_regions=6, feat_dim=8, global_dim=8)
+    generate_toyscenes("data", "toy-coco", splits={"train": 5, "testall": 5}, n_regions=6, feat_dim=8, global_dim=8)
+    plan = reg.plan_runs(wf, registry)
+    rng = np.random.default_rng(0)
+    paths = []
+    for r in plan.runs:
+        n_caps = 20 if r.dataset == "toy-f30k" else 25
+        paths.append(_record(".", r, {p: _values(rng.uniform(5, 60)) for p in r.config["data"]["protocols"]},
+                             {"pairs_per_second": float(rng.uniform(1e5, 1e7))}))
+        np.savez(Path(r.run_dir) / "ranks.npz", t2i=rng.integers(0, 3, n_caps))
+        (Path(r.experiment_dir) / "alignment_uniformity.json").write_text(json.dumps(
+            {"alignment": {"image_text": 1.1, "text_text": 0.9}, "uniformity": {"image": {"mean": 1.3, "var": 0.03},
+                                                                                  "text": {"mean": 1.39, "var": 0.04}}}))
+    records = load_records(paths)
+    paper = pd.concat([load_paper_numbers(PAPER / "coder.csv"), load_paper_numbers(PAPER / "ascl.csv")])
+    assert set(FIGURES) == set(registry["figures"])
+    for name, plot in FIGURES.items():
+        members = [n for n, e in registry["experiments"].items() if name in e["figures"]]
+        save_figure(plot(records[records["experiment"].isin(members)], paper, registry), tmp_path / f"{name}.png")
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name
+    # with no runs at all a figure still renders (empty panels), so a partial pipeline can show its state
+    save_figure(FIGURES["coder_table4_k"](records.iloc[:0], paper, registry), tmp_path / "empty.png")
+    assert (tmp_path / "empty.png").stat().st_size > 10_000

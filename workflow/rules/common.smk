@@ -1,0 +1,251 @@
+# Shared set-up: config loading and validation, the experiment plan, and the input/param functions of the rules.
+# Functions only (no rules): every path is derived here from the workflow config and the registry.
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# Import the package from this checkout (the rules' `itrbench` commands should be the same install: pip install -e .).
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+from itrbench.errors import ConfigError  # noqa: E402
+from itrbench.report import registry as reg  # noqa: E402
+from itrbench.text import token_cache_path  # noqa: E402
+
+
+if not workflow.overwrite_configfiles:
+    configfile: os.path.join(workflow.basedir, "workflow", "config", "default.yaml")
+
+
+CONFIG_SOURCE = " + ".join([str(p) for p in workflow.configfiles] + (["--config"] if workflow.config_settings.config else []))
+
+try:
+    validate(config, "../config/schema.yaml")
+except WorkflowError as err:
+    raise WorkflowError(reg.workflow_error_line(err, f"{CONFIG_SOURCE}: invalid workflow config")) from None
+
+
+def repo_path(path):
+    """A path from the config, relative to the repository (the Snakefile's folder) unless absolute."""
+    return path if os.path.isabs(path) else os.path.join(workflow.basedir, path)
+
+
+try:
+    WF = reg.expand_env(config, CONFIG_SOURCE)
+    REGISTRY_FILE = repo_path(WF["experiments"])
+    REGISTRY = reg.load_registry(REGISTRY_FILE)
+    PLAN = reg.plan_runs(WF, REGISTRY, CONFIG_SOURCE)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+# Concrete data set name (toy-f30k, coco, ...) -> its workflow-config entry.
+DATASETS = {entry["name"]: entry for entry in WF["datasets"].values()}
+METHOD_NAMES = ("vsepp", "coder", "ascl")
+
+
+def one_of(values):
+    """A wildcard constraint matching exactly these strings."""
+    values = sorted(set(values))
+    return "|".join(re.escape(v) for v in values) if values else "(?!)"
+
+
+# ------------------------------------------------------------------------------------------------- data
+def data_ready(dataset):
+    """What a job needs before it may read `dataset`: the generated toy folder, or the validation report."""
+    entry = DATASETS[dataset]
+    if entry["source"] == "toy":
+        return f"{entry['root']}/{dataset}_precomp"
+    return f"results/data/{dataset}.validated.txt"
+
+
+def real_split_files(wildcards):
+    entry = DATASETS[wildcards.dataset]
+    folder = f"{entry['root']}/{wildcards.dataset}_precomp"
+    return [f"{folder}/{s}_{kind}" for s in (entry["train_split"], entry["eval_split"]) for kind in ("ims.npy", "caps.txt")]
+
+
+def toy_roots():
+    return [e["root"] for e in DATASETS.values() if e["source"] == "toy"]
+
+
+def images_folder(entry):
+    return entry.get("images") or None  # "" (an unset ${VAR:-}) means none
+
+
+def global_feature_files(config):
+    """AsCL reads a global feature per image; toy folders hold them, real data may need `global-features`."""
+    entry = DATASETS[config["data"]["dataset"]]
+    if config["method"] != "ascl" or entry["source"] == "toy":
+        return []
+    folder = f"{entry['root']}/{entry['name']}_precomp"
+    return [f"{folder}/{s}_global.npy" for s in (entry["train_split"], entry["eval_split"])]
+
+
+def global_feature_datasets():
+    return [n for n, e in DATASETS.items() if e["source"] == "real" and images_folder(e)]
+
+
+# ------------------------------------------------------------------------------------------------- text caches
+def text_caches(config):
+    """Frozen token-feature caches a run reads (train and eval split), at the paths the trainer looks them up."""
+    t, d = config["text"], config["data"]
+    if t["mode"] != "frozen":
+        return []
+    # Hook: caches of generated caption sets (AsCL positives) are built by the trainer on first use, under the
+    # same cache_dir; list them here (token_cache_path(..., tag)) to build them ahead as jobs of their own.
+    paths = [token_cache_path(t["cache_dir"], d["dataset"], s, t["encoder"], t["max_length"]) for s in (d["train_split"], d["eval_split"])]
+    return [str(p) for p in paths]
+
+
+def _cache_jobs():
+    jobs = {}
+    for config in PLAN.by_hash.values():
+        for path in text_caches(config):
+            t = config["text"]
+            jobs[path] = {"encoder": t["encoder"], "max_length": t["max_length"], "batch_size": t["batch_size"],
+                          "device": config["device"]}
+    return jobs
+
+
+CACHE_JOBS = _cache_jobs()
+
+
+def cache_job(wildcards, output):
+    return CACHE_JOBS[str(output.feats)]
+
+
+# ------------------------------------------------------------------------------------------------- concepts
+def concept_dir(config):
+    c = config.get("coder") or {}
+    if config["method"] != "coder" or not c.get("concepts"):
+        return []
+    return [c["concept_dir"]]
+
+
+def _concept_jobs():
+    jobs = {}
+    for config in PLAN.by_hash.values():
+        for folder in concept_dir(config):
+            d = config["data"]
+            job = {"dataset": d["dataset"], "split": d["train_split"], "max_images": d["max_train_images"],
+                   "word_vectors": config["coder"].get("word_vectors", "minilm")}
+            if jobs.setdefault(folder, job) != job:
+                raise WorkflowError(f"{CONFIG_SOURCE}: runs disagree on how to build concepts in {folder}: {jobs[folder]} vs {job}")
+    return jobs
+
+
+CONCEPT_JOBS = _concept_jobs()
+
+
+def concept_inputs(wildcards):
+    job = CONCEPT_JOBS[wildcards.concept_dir]
+    vectors = [] if job["word_vectors"] == "minilm" else [job["word_vectors"]]  # a GloVe file must exist
+    return {"data": data_ready(job["dataset"]), "vectors": vectors}
+
+
+def concept_options(wildcards):
+    job = CONCEPT_JOBS[wildcards.concept_dir]
+    entry = DATASETS[job["dataset"]]
+    opts = f"--root {entry['root']} --dataset {job['dataset']} --split {job['split']} --word-vectors {job['word_vectors']}"
+    return opts + (f" --max-images {job['max_images']}" if job["max_images"] else "")
+
+
+# ------------------------------------------------------------------------------------------------- training
+def train_inputs(wildcards):
+    config = PLAN.by_hash[wildcards.hash]
+    return {
+        "config": reg.RUN_CONFIG.format(hash=wildcards.hash, seed=wildcards.seed),
+        "data": data_ready(config["data"]["dataset"]),
+        "text": text_caches(config),
+        "concepts": concept_dir(config),
+        "globals": global_feature_files(config),
+    }
+
+
+def train_res(key):
+    return WF["resources"]["train"][key]
+
+
+def itrbench_command(wildcards, resources):
+    """How a training job calls itrbench: directly on CPU; on GPUs pinned to its own devices (torchrun for > 1)."""
+    n = int(resources.gpu)
+    if n == 0:
+        return "itrbench"
+    ids = WF["resources"]["gpu_ids"]
+    pin = f"itrbench pin-gpu --gpus {n}" + (f" --ids {','.join(ids)}" if ids else "") + " --"
+    if n > 1:
+        return f"{pin} torchrun --standalone --nproc_per_node {n} -m itrbench.cli"
+    return f"{pin} itrbench"
+
+
+# ------------------------------------------------------------------------------------------------- experiments
+def experiment_run(wildcards):
+    try:
+        return PLAN.by_experiment[(wildcards.experiment, wildcards.dataset, int(wildcards.seed))]
+    except KeyError:
+        raise WorkflowError(
+            f"results/{wildcards.dataset}/{wildcards.method}/{wildcards.experiment}/seed{wildcards.seed}: not a run of "
+            f"the selected experiments of {CONFIG_SOURCE}"
+        ) from None
+
+
+def experiment_metrics(runs):
+    return [f"{r.experiment_dir}/metrics.json" for r in runs]
+
+
+def experiment_datasets():
+    return [r.dataset for r in PLAN.runs]
+
+
+# ------------------------------------------------------------------------------------------------- tables, figures
+def table_outputs():
+    return [f"tables/{name}.{ext}" for name in REGISTRY["tables"] for ext in ("md", "csv")]
+
+
+def table_inputs(wildcards):
+    return {
+        "metrics": experiment_metrics(PLAN.runs_of(PLAN.experiments_of_table(wildcards.table))),
+        "paper": paper_numbers(REGISTRY["tables"][wildcards.table]["paper"]),
+        "registry": REGISTRY_FILE,
+    }
+
+
+def figure_available(name):
+    """A figure whose data needs a command that is not installed yet (the AsCL Fig. 4 hook) is left out."""
+    if name == "ascl_fig4_alignment_uniformity":
+        return importlib.util.find_spec("itrbench.commands.alignment_uniformity") is not None
+    return True
+
+
+def figure_outputs():
+    return [f"figures/{name}.png" for name in REGISTRY["figures"] if figure_available(name)]
+
+
+def paper_numbers(paper):
+    return repo_path(os.path.join(WF["paper_numbers"], f"{paper}.csv"))
+
+
+def figure_inputs(wildcards):
+    runs = PLAN.runs_of(PLAN.experiments_of_figure(wildcards.figure))
+    inputs = {"metrics": experiment_metrics(runs), "registry": REGISTRY_FILE, "paper": [paper_numbers(p) for p in ("coder", "ascl")]}
+    if wildcards.figure == "ascl_fig4_alignment_uniformity":
+        inputs["extra"] = [f"{r.experiment_dir}/alignment_uniformity.json" for r in runs]
+    if wildcards.figure == "ascl_fig5_query_length":
+        inputs["data"] = sorted({data_ready(r.dataset) for r in runs})  # captions give the query lengths
+    return inputs
+
+
+def figure_caption(wildcards):
+    return REGISTRY["figures"][wildcards.figure].get("title", wildcards.figure)
+
+
+def table_caption(wildcards):
+    return REGISTRY["tables"][wildcards.table].get("title", wildcards.table)
+
+
+def bench_outputs():
+    return [f"results/bench/{p.stem}.txt" for p in sorted(Path(workflow.basedir, "bench").glob("*.py"))]
