@@ -292,6 +292,8 @@ def plan_runs(wf: dict, registry: dict, wf_source: str = "workflow config") -> P
         for ds in exp["datasets"]:
             if ds not in wf["datasets"]:
                 continue  # this scale does not have that data set; its rows read `not run`
+            if any(fnmatch.fnmatchcase(f"{ds}:{name}", pattern) for pattern in wf.get("skip", [])):
+                continue  # left out at this scale on purpose (config `skip`); its rows read `not run`
             config = resolve_experiment(wf, registry, name, ds, wf_source=wf_source)
             h = config_hash(config)
             for seed in wf.get("seeds", [0]):
