@@ -253,34 +253,26 @@ def test_builds_concepts_into_work_dir(tmp_path, monkeypatch):
     assert model.gcn.X.shape == (5, 5)
 
 
-def test_trainer_end_to_end_on_tiny_toy(tiny_run_config, tmp_path, concept_dir):
-    """The generic trainer drives every hook: momentum, queue, concept branch, PGC k-means, checkpoint state."""
+def test_trainer_end_to_end_and_resume(tiny_run_config, tmp_path, concept_dir):
+    """The generic trainer drives every hook (momentum, queue, concepts, PGC k-means, checkpoint state), and
+    2 epochs straight == 1 epoch, 'crash', resume: queues, momentum encoders and PGC labels are restored."""
     import json
 
-    from itrbench.training import train_and_evaluate
-
-    cfg = tiny_run_config(method="coder", train={"epochs": 2, "batch_size": 32, "lr": 2e-3},
-                          coder={"concept_dir": concept_dir, "num_concepts": 6, "queue_size": 64})
-    metrics = train_and_evaluate(cfg, tmp_path / "run")
-    m = metrics["protocols"]["f30k_1k"]
-    # chance on 40 test images: R@1/5/10 ~ 2.5/12.5/25 per direction (rsum ~78); 24 steps only learn a little
-    assert m["rsum"] > 100, m
-    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    means = [r["epoch_mean"] for r in rows if "epoch_mean" in r]
-    assert "l_pgc" not in means[0] and "l_pgc" in means[1] and "l_mdcl" in means[0]
-    assert means[-1]["l_inst"] < means[0]["l_inst"]
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert state["extra"]["queue"]["count"] == 64 and (state["extra"]["pgc"]["labels"] >= 0).any()
-
-
-def test_killed_coder_run_resumes_identically(tiny_run_config, tmp_path, concept_dir):
-    """2 epochs straight == 1 epoch, 'crash', resume: queues, momentum encoders and PGC labels are restored."""
     from itrbench.config import config_hash
     from itrbench.training import Trainer, train_and_evaluate
 
     cfg = tiny_run_config(method="coder", train={"epochs": 2, "batch_size": 32, "lr": 2e-3},
                           coder={"concept_dir": concept_dir, "num_concepts": 6, "queue_size": 64})
     full = train_and_evaluate(cfg, tmp_path / "full")
+    m = full["protocols"]["f30k_1k"]
+    # chance on 40 test images: R@1/5/10 ~ 2.5/12.5/25 per direction (rsum ~78); 24 steps only learn a little
+    assert m["rsum"] > 100, m
+    rows = [json.loads(x) for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    means = [r["epoch_mean"] for r in rows if "epoch_mean" in r]
+    assert "l_pgc" not in means[0] and "l_pgc" in means[1] and "l_mdcl" in means[0]
+    assert means[-1]["l_inst"] < means[0]["l_inst"]
+    state = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    assert state["extra"]["queue"]["count"] == 64 and (state["extra"]["pgc"]["labels"] >= 0).any()
     Trainer({**cfg, "train": {**cfg["train"], "epochs": 1}}, tmp_path / "resumed").train()
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     state["config_hash"] = config_hash(cfg, ())

@@ -30,7 +30,15 @@ def registry():
 
 @pytest.fixture(scope="module")
 def wf_default():
-    return reg.load_workflow_config(CONFIGS / "default.yaml", SCHEMA)
+    # The registry logic on every (experiment, data set): the toy budget's `skip` list is tested on its own.
+    return {**reg.load_workflow_config(CONFIGS / "default.yaml", SCHEMA), "skip": []}
+
+
+def test_skip_leaves_out_matching_runs(wf_default, registry):
+    plan = reg.plan_runs({**wf_default, "skip": ["coco:ascl/*"]}, registry)
+    full = reg.plan_runs(wf_default, registry)
+    left_out = {(r.dataset_key, r.experiment) for r in full.runs} - {(r.dataset_key, r.experiment) for r in plan.runs}
+    assert left_out and all(ds == "coco" and exp.startswith("ascl/") for ds, exp in left_out)
 
 
 @pytest.fixture(scope="module")

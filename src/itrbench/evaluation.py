@@ -397,8 +397,12 @@ def compute_sims(model, img: dict, cap: dict, *, block_images: int = 1000, block
 
 
 def evaluate_model(model, split, protocols: Sequence[str], *, device, batch_size: int = 256, token_cache=None,
-                   max_images=None, block_images: int = 1000, block_captions: int = 5000) -> dict:
-    """Encode a split, score every pair, and evaluate each protocol on the one similarity matrix."""
+                   max_images=None, block_images: int = 1000, block_captions: int = 5000, ranks_path=None) -> dict:
+    """Encode a split, score every pair, and evaluate each protocol on the one similarity matrix.
+
+    `ranks_path`: also save the whole matrix's 0-based ranks (`i2t` per image, `t2i` per caption, in split order)
+    as .npz, for per-query analyses such as recall by caption length.
+    """
     for p in protocols:
         if p not in PROTOCOLS:
             raise ConfigError(f"eval.protocols: expected each of {', '.join(PROTOCOLS)}, got {p!r}")
@@ -407,6 +411,12 @@ def evaluate_model(model, split, protocols: Sequence[str], *, device, batch_size
     sims, sim_seconds = compute_sims(model, img, cap, block_images=block_images, block_captions=block_captions,
                                      device=device)
     n_img, n_cap = sims.shape
+    if ranks_path is not None:
+        from itrbench.utils import atomic_path
+
+        i2t, t2i = retrieval_ranks(sims, n_cap // n_img)
+        with atomic_path(ranks_path, suffix=".npz") as tmp:
+            np.savez(tmp, i2t=i2t, t2i=t2i)
     return {
         "protocols": {p: evaluate_protocol(sims, p) for p in protocols},
         "similarity_seconds": sim_seconds,

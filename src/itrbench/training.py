@@ -194,7 +194,8 @@ def evaluate_run(config: dict, model, data: RunData, out_dir: Path, device, trai
     d, e = config["data"], config["eval"]
     result = evaluate_model(model, data.eval_split, d["protocols"], device=device, batch_size=e["batch_size"],
                             token_cache=data.eval_cache, max_images=d["max_eval_images"],
-                            block_images=e["block_images"], block_captions=e["block_captions"])
+                            block_images=e["block_images"], block_captions=e["block_captions"],
+                            ranks_path=out_dir / "ranks.npz" if e["save_ranks"] else None)
     metrics = {
         **result,
         "train_wall_seconds": train_wall_seconds,

@@ -171,7 +171,8 @@ def workflow_error_line(err: Exception, source: str) -> str:
 def _dataset_layer(wf: dict, entry: dict, method: str) -> dict:
     """What a data set entry of the workflow config puts into a run config: the data section, CODER's concept dir."""
     keys = ("root", "train_split", "eval_split", "protocols", "max_train_images", "max_eval_images")
-    layer = {"data": {"dataset": entry["name"], **{k: entry[k] for k in keys}}}
+    # An unset limit (null) must not erase one a method layer set: only concrete values go in.
+    layer = {"data": {"dataset": entry["name"], **{k: entry[k] for k in keys if entry.get(k) is not None}}}
     if method == "coder":
         layer["coder"] = {"concept_dir": f"{wf['concepts']['dir']}/{entry['name']}"}
     return layer
