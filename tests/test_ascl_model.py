@@ -240,6 +240,15 @@ def test_end_to_end_on_tiny_toy(tiny_run_config, tmp_path):
     assert len(means) == 2 and means[1] < means[0]
     assert list(Path(cfg["text"]["cache_dir"]).glob("**/train.ascl-short.*.npy"))
 
+    # Fig. 4 measures of the trained run, through the CLI the pipeline calls
+    from itrbench.cli import main
+
+    out = tmp_path / "au.json"
+    assert main(["alignment-uniformity", "--run", str(tmp_path / "run"), "--out", str(out)]) == 0
+    au = json.loads(out.read_text())
+    assert au["n_images"] == 40 and au["n_captions"] == 200 and au["embedding"] == "pooled"
+    assert 0 < au["alignment"]["image_text"] < 2 and 0 < au["uniformity"]["text"]["mean"] < 2
+
 
 def test_shuffled_words_score_like_their_caption():
     """Documented limitation (docs/ascl.md): the fusion has no word order, so a `shuffle` negative made from

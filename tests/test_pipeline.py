@@ -60,11 +60,11 @@ def test_dry_run_default_one_training_per_unique_run(tmp_path):
     assert rc == 0, out
     counts = job_counts(out)
     want = expected_trainings(CONFIGS / "default.yaml")
-    assert counts["train"] == len(want) == 66  # default.yaml skips AsCL on toy-coco (CPU budget)
+    assert counts["train"] == len(want) == 84  # 28 unique configs x 3 seeds
     trained = {(re.search(r"hash=(\w+)", b).group(1), int(re.search(r"seed=(\d+)", b).group(1))) for b in jobs_of(out, "train")}
     assert trained == want
-    # 25 (experiment, data set) pairs report into tables (AsCL's toy-coco ones are skipped), on 3 seeds
-    assert counts["experiment_record"] == 75 and counts["table"] == 6
+    # 31 (experiment, data set) pairs report into tables, on 3 seeds
+    assert counts["experiment_record"] == 93 and counts["table"] == 6
     assert counts["toy_data"] == 2 and counts["cache_text"] == 4 and counts["concepts"] == 2
     assert "validate_data" not in counts
     for block in jobs_of(out, "train"):

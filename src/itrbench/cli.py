@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
-from itrbench import commands
-from itrbench.errors import ItrbenchError
+# Before torch (and its libgomp) loads: OpenMP threads that spin while waiting steal the core from the other
+# Snakemake job on a 2-core machine; measured 4-10x slower training with more runnable threads than cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from itrbench import commands  # noqa: E402
+from itrbench.errors import ItrbenchError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,5 @@
 # Shared set-up: config loading and validation, the experiment plan, and the input/param functions of the rules.
 # Functions only (no rules): every path is derived here from the workflow config and the registry.
-import importlib.util
 import os
 import re
 import sys
@@ -214,15 +213,8 @@ def table_inputs(wildcards):
     }
 
 
-def figure_available(name):
-    """A figure whose data needs a command that is not installed yet (the AsCL Fig. 4 hook) is left out."""
-    if name == "ascl_fig4_alignment_uniformity":
-        return importlib.util.find_spec("itrbench.commands.alignment_uniformity") is not None
-    return True
-
-
 def figure_outputs():
-    return [f"figures/{name}.png" for name in REGISTRY["figures"] if figure_available(name)]
+    return [f"figures/{name}.png" for name in REGISTRY["figures"]]
 
 
 def paper_numbers(paper):
