@@ -4,7 +4,10 @@ Same inputs for both: random fusion weights, n_images x K projected regions, n_c
 lengths follow ToyScenes' (MiniLM tokens, ~7-31, mean ~15). The loop (one caption against every image, as
 SCAN's xattn_score) is timed on a subset of captions when it is slow. Prints pairs/s of both, the batched
 scorer's useful FLOP rate as a fraction of a float32 matmul rate measured in this run, an estimate for a
-toy-coco 5K evaluation, and last `speedup=X max_abs_diff=Y`.
+toy-coco 5K evaluation, and last `speedup=X max_abs_diff=Y`. The batched scorer is timed eagerly and, unless
+--compile off, through torch.compile (fused_scores(compile=True)) in the same run: its first call's extra time
+(compiling every length bucket it needs) is reported and added to its toy-coco estimate; the last line is then the
+compiled scorer's.
 
     python bench/xattn.py              # defaults: toy regions (K=12), model.embed_dim 256, ascl.heads 1
     python bench/xattn.py --dim 64     # a smaller toy width
@@ -68,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--block-captions", type=int, default=None)
     p.add_argument("--reps", type=int, default=2, help="timed repetitions of the batched scorer (best kept)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", choices=["both", "off"], default="both",
+                   help="also time the torch.compile'd scorer (CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -91,25 +96,40 @@ def main(argv=None) -> int:
     print(f"shape: {args.images} images x {args.captions} captions, K={args.regions}, D={args.dim}, H={args.heads}, "
           f"mean caption length {lengths.mean():.1f} (max {lengths.max()}), blocks {bi}x{bc}, "
           f"device {device}, threads {torch.get_num_threads()}")
+    def batched(compile):
+        return fused_scores(fusion, regions, glob, words, mask, block_images=bi, block_captions=bc, autocast=False,
+                            compile=compile)
+
     with torch.no_grad():
         rate = matmul_rate(device)
-        fused_scores(fusion, regions[:bi], glob[:bi], words[:bc], mask[:bc], block_images=bi, block_captions=bc)
-        fast, t_fast = timed(lambda: fused_scores(fusion, regions, glob, words, mask, block_images=bi,
-                                                  block_captions=bc, autocast=False), device, args.reps)
+        fused_scores(fusion, regions[:bi], glob[:bi], words[:bc], mask[:bc], block_images=bi, block_captions=bc,
+                     compile=False)
+        fast, t_fast = timed(lambda: batched(False), device, args.reps)
+        runs = [("batched scorer (eager)", fast, t_fast, 0.0)]
+        if args.compile != "off" and not cuda:
+            # first call = compile every length bucket + one scoring; later calls reuse the compiled kernels
+            _, t_first = timed(lambda: batched(True), device)
+            comp, t_comp = timed(lambda: batched(True), device, args.reps)
+            runs.append(("batched scorer (compiled)", comp, t_comp, max(t_first - t_comp, 0.0)))
         loop, t_loop = timed(lambda: reference_scores(fusion, regions, glob, words[:n_loop], mask[:n_loop]), device)
         rate_after = matmul_rate(device)
-    pairs_fast = args.images * args.captions / t_fast
-    pairs_loop = args.images * n_loop / t_loop
-    flops = useful_flops(args.images, lengths.tolist(), args.regions, args.dim, args.heads) / t_fast
     rate = max(rate, rate_after)
-    diff = (fast[:, :n_loop] - loop).abs().max().item()
+    pairs_loop = args.images * n_loop / t_loop
     print(f"matmul rate: {rate / 1e9:.1f} GFLOP/s (float32)")
-    print(f"batched scorer: {pairs_fast:,.0f} pairs/s ({t_fast:.2f} s); useful {flops / 1e9:.1f} GFLOP/s = "
-          f"{100 * flops / rate:.1f}% of the matmul rate")
-    print(f"per-caption loop: {pairs_loop:,.0f} pairs/s ({t_loop:.2f} s on {n_loop} captions)")
-    print(f"toy-coco 5K estimate (5,000 x 25,000 pairs, this shape): {125e6 / pairs_fast:.0f} s batched, "
-          f"{125e6 / pairs_loop:.0f} s loop")
-    print(f"speedup={pairs_fast / pairs_loop:.1f} max_abs_diff={diff:.2e}")
+    print(f"per-caption loop: {pairs_loop:,.0f} pairs/s ({t_loop:.2f} s on {n_loop} captions); toy-coco 5K "
+          f"estimate {125e6 / pairs_loop:.0f} s")
+    base = None
+    for name, scores, t, t_compile in runs:
+        pairs = args.images * args.captions / t
+        base = base or pairs
+        flops = useful_flops(args.images, lengths.tolist(), args.regions, args.dim, args.heads) / t
+        diff = (scores[:, :n_loop] - loop).abs().max().item()
+        extra = f" + {t_compile:.1f} s compile (first call)" if name.endswith("(compiled)") else ""
+        print(f"{name}: {pairs:,.0f} pairs/s ({t:.2f} s{extra}); useful {flops / 1e9:.1f} GFLOP/s = "
+              f"{100 * flops / rate:.1f}% of the matmul rate; x{pairs / base:.2f} vs eager; max_abs_diff={diff:.2e}")
+        print(f"  toy-coco 5K estimate (5,000 x 25,000 pairs, this shape): {125e6 / pairs + t_compile:.0f} s"
+              + (" incl. compile" if extra else ""))
+    print(f"speedup={pairs / pairs_loop:.1f} max_abs_diff={diff:.2e}")
     return 0
 
 

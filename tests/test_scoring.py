@@ -103,3 +103,51 @@ def test_caption_lengths_and_flop_count():
     assert caption_lengths(mask).tolist() == [2, 4, 1]
     # 1 image, one caption of 2 words, K=3, D=4, H=1: 4*3*2*4 + 3*2² + 2*3² + 2*4 + 2*3*4 = 96+12+18+8+24
     assert useful_flops(1, [2], 3, 4, 1) == 2 * 158
+
+
+def test_compiled_path_equals_reference_loop():
+    # max_len 4: one length bucket, one compilation; 7 images in blocks of 4 and 11 captions in blocks of 4 exercise
+    # the padded last image block and the repeated captions of the last caption block
+    fusion, regions, glob, words, mask = make_inputs(max_len=4, seed=9)
+    with torch.no_grad():
+        ref = reference_scores(fusion, regions, glob, words, mask)
+        got = fused_scores(fusion, regions, glob, words, mask, block_images=4, block_captions=4, compile=True)
+    assert got.shape == ref.shape == (7, 11)
+    assert (got - ref).abs().max().item() <= 1e-5
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    import itrbench.scoring as scoring
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(scoring, "_compiled", {"fn": None, "broken": False})
+    monkeypatch.setattr(torch, "compile", broken)
+    fusion, regions, glob, words, mask = make_inputs(seed=10)
+    with torch.no_grad():
+        ref = reference_scores(fusion, regions, glob, words, mask)
+        with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+            got = fused_scores(fusion, regions, glob, words, mask, block_images=3, block_captions=4, compile=True)
+        assert (got - ref).abs().max().item() <= 1e-5
+        assert not scoring._compile_wanted(True, regions.device, 10 ** 9)  # stays off for the rest of the process
+
+
+def test_compile_switch(monkeypatch):
+    import itrbench.scoring as scoring
+
+    monkeypatch.setattr(scoring, "_compiled", {"fn": None, "broken": False})
+    cpu, big, small = torch.device("cpu"), scoring._COMPILE_MIN_PAIRS, 5_000_000
+    monkeypatch.delenv("ITRBENCH_COMPILE", raising=False)
+    assert scoring._compile_wanted(None, cpu, big) and not scoring._compile_wanted(None, cpu, small)
+    assert not scoring._compile_wanted(None, torch.device("cuda"), big)  # CUDA stays eager (bf16 autocast)
+    monkeypatch.setenv("ITRBENCH_COMPILE", "0")
+    assert not scoring._compile_wanted(None, cpu, big) and scoring._compile_wanted(True, cpu, small)
+    monkeypatch.setenv("ITRBENCH_COMPILE", "1")
+    assert scoring._compile_wanted(None, cpu, small) and not scoring._compile_wanted(False, cpu, big)
+    # with the switch off the compiled scorer is never called
+    monkeypatch.setenv("ITRBENCH_COMPILE", "0")
+    monkeypatch.setattr(scoring, "_compiled_block_scores", lambda *a: pytest.fail("compiled path used"))
+    fusion, regions, glob, words, mask = make_inputs(seed=11)
+    with torch.no_grad():
+        fused_scores(fusion, regions, glob, words, mask)

@@ -23,6 +23,9 @@ caption; on CPU the caption blocks are spread over threads.
 from __future__ import annotations
 
 import math
+import os
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -243,15 +246,72 @@ def caption_lengths(mask: Tensor) -> Tensor:
     return (mask.long() * pos).amax(1)
 
 
+# ------------------------------------------------------------------------------- compiled eval path (CPU)
+# torch.compile (inductor) fuses block_scores' ~30 elementwise/reduction passes into a few C++ loops: 1.7-3.5x per
+# block on CPU at toy widths, more for long captions (measured in bench/xattn.py --compile). Kernels are compiled for
+# static shapes only (inductor's dynamic-shape kernels measured no faster than eager), so every block is padded to
+# a fixed (block_images, block_captions) and its caption length rounded up to a multiple of _LENGTH_STEP: a handful
+# of shapes per evaluation. A cold compile costs ~7 s per shape (~20 s for the first; inductor's on-disk cache makes
+# later processes ~0.5 s per shape), which only pays off on large evaluations, hence _COMPILE_MIN_PAIRS.
+_LENGTH_STEP = 4
+_COMPILE_MIN_PAIRS = 25_000_000  # toy-coco 5K (125 M pairs) compiles; toy-f30k 1K (5 M) stays eager
+_compiled = {"fn": None, "broken": False}
+_compile_lock = threading.Lock()
+
+
+def _compile_wanted(compile: bool | None, device: torch.device, n_pairs: int) -> bool:
+    """`compile` argument, else env ITRBENCH_COMPILE (0 = never, 1 = always), else by size. CPU only: CUDA runs
+    bf16 autocast eagerly, as before."""
+    if device.type != "cpu" or _compiled["broken"]:
+        return False
+    if compile is None:
+        env = os.environ.get("ITRBENCH_COMPILE", "").strip().lower()
+        if env in ("0", "false", "no", "off"):
+            return False
+        compile = env in ("1", "true", "yes", "on") or n_pairs >= _COMPILE_MIN_PAIRS
+    return bool(compile)
+
+
+def _compiled_block_scores(img: dict, cap: dict, u1: float) -> Tensor:
+    """block_scores through torch.compile; on any failure (no C++ compiler, unsupported platform, ...) warns once
+    and falls back to eager for the rest of the process."""
+    if not _compiled["broken"]:
+        try:
+            with _compile_lock:
+                if _compiled["fn"] is None:
+                    import torch._dynamo
+                    # one compiled graph per (length bucket, u1): more than dynamo's default recompile limit of 8
+                    # would silently drop to eager
+                    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+                    # cpp_wrapper: the whole graph is one C++ call that releases the GIL, so the worker threads
+                    # run in parallel (the default Python wrapper holds the GIL in every fused kernel)
+                    _compiled["fn"] = torch.compile(block_scores, dynamic=False, options={"cpp_wrapper": True})
+            return _compiled["fn"](img, cap, u1)
+        except Exception as err:  # noqa: BLE001 - any compiler problem means "use eager"
+            _compiled["broken"] = True
+            warnings.warn(f"fused_scores: torch.compile failed, scoring eagerly ({type(err).__name__}: {err})",
+                          RuntimeWarning, stacklevel=2)
+    return block_scores(img, cap, u1)
+
+
+def _pad_dim(x: Tensor, dim: int, size: int, value=0) -> Tensor:
+    if x.shape[dim] >= size:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, size - x.shape[dim]]
+    return F.pad(x, pad, value=value)
+
+
 def fused_scores(fusion: CrossAttentionFusion, regions: Tensor, glob: Tensor, words: Tensor, mask: Tensor, *,
                  block_images: int = 32, block_captions: int = 64, autocast: bool | None = None,
-                 workers: int | None = None) -> Tensor:
+                 workers: int | None = None, compile: bool | None = None) -> Tensor:
     """(n_img, n_cap) fusion scores, equal to `reference_scores` up to float rounding.
 
     Memory is bounded by block_images x block_captions x K x L x H (times a few tensors, per worker); captions are
     processed in length-sorted blocks, each trimmed to its longest caption. `autocast` None = bf16 matmuls on
     CUDA, fp32 on CPU. On CPU, `workers` (None = torch's thread count) threads score whole caption blocks with one
     intra-op thread each: the per-block tensors are too small for torch's own threading to pay for its barriers.
+    `compile` (CPU only): True/False = torch.compile the block scorer or not; None = env ITRBENCH_COMPILE (0/1),
+    else compile for evaluations of at least _COMPILE_MIN_PAIRS pairs. Falls back to eager if compiling fails.
     """
     if mask.dtype != torch.bool:
         mask = mask.bool()
@@ -260,39 +320,76 @@ def fused_scores(fusion: CrossAttentionFusion, regions: Tensor, glob: Tensor, wo
     cuda = regions.device.type == "cuda"
     if autocast is None:
         autocast = cuda
-    img = prepare_images(fusion, regions, glob)
-    cap = prepare_captions(fusion, words, mask)
     n_img, n_cap = regions.shape[0], words.shape[0]
     lengths = caption_lengths(mask)
-    order = torch.argsort(lengths, stable=True)
     lengths_cpu = lengths.cpu()
-    out = torch.empty(n_img, n_cap, dtype=torch.promote_types(regions.dtype, torch.float32), device=regions.device)
-    image_blocks = [slice(i0, min(i0 + block_images, n_img)) for i0 in range(0, n_img, block_images)]
+    grad = torch.is_grad_enabled()
+    # compiled kernels are for evaluation only (the autograd path is training_scores')
+    compiled = not grad and _compile_wanted(compile, regions.device, n_img * n_cap)
+    if compiled:
+        # static shapes for the compiled kernels: zero images fill the last image block (their rows are dropped),
+        # padding words (mask False, so they weigh nothing) reach the largest length bucket, and short caption
+        # blocks repeat their last caption (columns written twice with the same value)
+        n_pad = -n_img % block_images
+        regions, glob = _pad_dim(regions, 0, n_img + n_pad), _pad_dim(glob, 0, n_img + n_pad)
+        width = -(-int(lengths_cpu.max()) // _LENGTH_STEP) * _LENGTH_STEP
+        words, mask = _pad_dim(words, 1, width), _pad_dim(mask, 1, width, value=False)
+    img = prepare_images(fusion, regions, glob)
+    cap = prepare_captions(fusion, words, mask)
+    order = torch.argsort(lengths, stable=True)
+    out = torch.empty(regions.shape[0], n_cap, dtype=torch.promote_types(regions.dtype, torch.float32),
+                      device=regions.device)
+    n_rows = regions.shape[0]
+    image_blocks = [slice(i0, min(i0 + block_images, n_rows)) for i0 in range(0, n_rows, block_images)]
+
+    def block_of(c0: int) -> tuple[Tensor, int]:
+        idx = order[c0:c0 + block_captions]
+        length = int(lengths_cpu[idx.cpu()].max())
+        if compiled:
+            idx = torch.cat([idx, idx[-1:].expand(block_captions - len(idx))])
+            length = -(-length // _LENGTH_STEP) * _LENGTH_STEP
+        return idx, length
 
     def caption_block(c0: int) -> tuple[Tensor, Tensor]:
-        idx = order[c0:c0 + block_captions]
-        cb = _caption_block(cap, idx, int(lengths_cpu[idx.cpu()].max()))
-        cols = out.new_empty(n_img, len(idx))
-        for sl in image_blocks:
-            cols[sl] = block_scores(_image_block(img, sl), cb, fusion.u1, autocast)
-        return idx, cols
+        # grad mode is thread-local: worker threads take the caller's (a different one would also make dynamo's
+        # guards fail and recompile)
+        with torch.set_grad_enabled(grad):
+            idx, length = block_of(c0)
+            cb = _caption_block(cap, idx, length)
+            cols = out.new_empty(n_rows, len(idx))
+            for sl in image_blocks:
+                ib = _image_block(img, sl)
+                cols[sl] = (_compiled_block_scores(ib, cb, fusion.u1) if compiled
+                            else block_scores(ib, cb, fusion.u1, autocast))
+            return idx, cols
 
     starts = range(0, n_cap, block_captions)
     workers = 1 if cuda else min(workers or torch.get_num_threads(), len(starts))
-    if workers <= 1:
-        for c0 in starts:
-            idx, cols = caption_block(c0)
-            out[:, idx] = cols
-        return out
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if workers > 1:
+        torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            for idx, cols in pool.map(caption_block, starts):
+        if compiled:
+            # compile every length bucket here, once, before any worker thread needs it (the workers' intra-op
+            # thread count of 1 is also what the kernels are generated for: OpenMP kernels on top of the worker
+            # threads measured 4x slower on a busy 2-core machine)
+            warm = {}
+            for c0 in starts:
+                warm.setdefault(block_of(c0)[1], c0)
+            for length, c0 in sorted(warm.items()):
+                _compiled_block_scores(_image_block(img, image_blocks[0]), _caption_block(cap, block_of(c0)[0], length),
+                                       fusion.u1)
+        if workers <= 1:
+            for c0 in starts:
+                idx, cols = caption_block(c0)
                 out[:, idx] = cols
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                for idx, cols in pool.map(caption_block, starts):
+                    out[:, idx] = cols
     finally:
         torch.set_num_threads(threads)
-    return out
+    return out[:n_img]
 
 
 def training_scores(fusion: CrossAttentionFusion, regions: Tensor, glob: Tensor, words: Tensor, mask: Tensor,
