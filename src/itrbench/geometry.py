@@ -25,8 +25,8 @@ def _unit(x) -> torch.Tensor:
 
 
 def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared distances of unit rows, (len(a), len(b)); clamped at 0 against rounding."""
-    return (2.0 - 2.0 * (a @ b.T)).clamp_min(0.0)
+    """Squared distances between the unit rows of a and of b, (..., len(a), len(b)); clamped at 0 against rounding."""
+    return (2.0 - 2.0 * (a @ b.transpose(-1, -2))).clamp_min(0.0)
 
 
 def pairwise_stats(x, t: float = 2.0, block: int = 1024) -> dict:
@@ -68,7 +68,7 @@ def alignment_uniformity(img, cap, captions_per_image: int = 5, t: float = 2.0, 
     own = v.repeat_interleave(cpi, 0)
     it = ((own - w) ** 2).sum(-1).clamp_min(0).double()          # squared distance, each caption to its image
     groups = w.view(n, cpi, -1)
-    tt = (2.0 - 2.0 * groups @ groups.transpose(1, 2)).clamp_min(0).double()
+    tt = _sq_dist(groups, groups).double()
     iu = torch.triu_indices(cpi, cpi, offset=1)
     tt = tt[:, iu[0], iu[1]]                                      # the cpi·(cpi-1)/2 caption pairs of each image
     images, texts = pairwise_stats(v, t), pairwise_stats(w, t)

@@ -225,7 +225,9 @@ def figure_inputs(wildcards):
     runs = PLAN.runs_of(PLAN.experiments_of_figure(wildcards.figure))
     inputs = {"metrics": experiment_metrics(runs), "registry": REGISTRY_FILE, "paper": [paper_numbers(p) for p in ("coder", "ascl")]}
     if wildcards.figure == "ascl_fig4_alignment_uniformity":
-        inputs["extra"] = [f"{r.experiment_dir}/alignment_uniformity.json" for r in runs]
+        # the figure reads only coco_5k records: measure just the runs whose data set evaluates that protocol
+        inputs["extra"] = [f"{r.experiment_dir}/alignment_uniformity.json" for r in runs
+                           if "coco_5k" in DATASETS[r.dataset]["protocols"]]
     if wildcards.figure == "ascl_fig5_query_length":
         inputs["data"] = sorted({data_ready(r.dataset) for r in runs})  # captions give the query lengths
     return inputs
