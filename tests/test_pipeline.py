@@ -65,7 +65,7 @@ def test_dry_run_default_one_training_per_unique_run(tmp_path):
     assert trained == want
     # 31 (experiment, data set) pairs report into tables, on 3 seeds
     assert counts["experiment_record"] == 93 and counts["table"] == 6
-    assert counts["toy_data"] == 2 and counts["cache_text"] == 4 and counts["concepts"] == 2
+    assert counts["toy_data"] == 2 and counts["cache_text"] == 6 and counts["concepts"] == 2  # train, eval, dev splits
     assert "validate_data" not in counts
     for block in jobs_of(out, "train"):
         assert "gpu=0" in block  # the toy config asks for no GPU

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from itrbench.config import config_hash, dump_yaml
+from itrbench.convergence import DevProbe, metrics_entry
 from itrbench.data.dataset import CaptionDataset, make_loader
 from itrbench.data.precomp import open_split
 from itrbench.errors import ConfigError
@@ -83,6 +84,16 @@ def prepare(config: dict, work_dir: Path, device, need_train: bool = True) -> Ru
     return RunData(train_split, eval_split, train_cache, eval_cache, encoder, context)
 
 
+def dev_probe(config: dict, device) -> DevProbe | None:
+    """The per-epoch dev evaluation behind the convergence flag (itrbench.convergence); None without a dev split."""
+    d = config["data"]
+    if d["dev_split"] is None:
+        return None
+    split = open_split(d["root"], d["dataset"], d["dev_split"])
+    cache = text_cache(config, split, device=device) if config["text"]["mode"] == "frozen" else None
+    return DevProbe(config, split, cache, device)
+
+
 def lr_at(config: dict, epoch: int) -> float:
     tr = config["train"]
     return tr["lr"] * tr["lr_decay"] ** sum(epoch >= e for e in tr["lr_decay_epochs"])
@@ -102,6 +113,7 @@ class Trainer:
         self.threads = set_threads(config)
         seed_everything(config["seed"])
         self.data = prepare(config, self.out_dir, self.device)
+        self.dev = dev_probe(config, self.device)
         self.model = build_model(config, self.data.context).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.param_groups(config["train"]["lr"], config["train"]["text_lr_scale"]))
         self.dataset = CaptionDataset(self.data.train_split, self.data.train_cache, max_images=config["data"]["max_train_images"])
@@ -147,9 +159,13 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.on_train_start(self)
         with open(self.out_dir / "train_log.jsonl", log_mode) as log:
+            if self.dev is not None and not resumed:
+                self.dev.record(self.model, log, -1, 0)  # the untrained model: the curve's first point
             for epoch in range(self.start_epoch, cfg["epochs"]):
                 self.train_epoch(epoch, log)
                 self.model.on_epoch_end(self, epoch)
+                if self.dev is not None:
+                    self.dev.record(self.model, log, epoch, self.step)
                 if (epoch + 1) % cfg["checkpoint_every"] == 0 or epoch + 1 == cfg["epochs"]:
                     self.save_checkpoint(epoch, self.wall_before + time.perf_counter() - t0)
         self.train_wall_seconds = self.wall_before + time.perf_counter() - t0
@@ -207,6 +223,7 @@ def evaluate_run(config: dict, model, data: RunData, out_dir: Path, device, trai
         "seed": config["seed"],
         "dataset": d["dataset"],
         "method": config["method"],
+        **metrics_entry(config, out_dir),
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics

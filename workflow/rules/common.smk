@@ -96,7 +96,8 @@ def text_caches(config):
         return []
     # Hook: caches of generated caption sets (AsCL positives) are built by the trainer on first use, under the
     # same cache_dir; list them here (token_cache_path(..., tag)) to build them ahead as jobs of their own.
-    paths = [token_cache_path(t["cache_dir"], d["dataset"], s, t["encoder"], t["max_length"]) for s in (d["train_split"], d["eval_split"])]
+    splits = (d["train_split"], d["eval_split"]) + ((d["dev_split"],) if d["dev_split"] else ())  # dev: convergence
+    paths = [token_cache_path(t["cache_dir"], d["dataset"], s, t["encoder"], t["max_length"]) for s in splits]
     return [str(p) for p in paths]
 
 

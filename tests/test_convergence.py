@@ -1,0 +1,88 @@
+"""Convergence flag: the rule on hand-computed curves, and the trainer's per-epoch dev points."""
+import json
+
+import pytest
+
+from itrbench.convergence import convergence, curve_summary, read_dev_curve
+from itrbench.errors import DataError
+from itrbench.training import train_and_evaluate
+
+
+# ------------------------------------------------------------------------------------------------ the rule
+def test_plateau_is_converged():
+    # 8 epochs -> window of 2: start v_6 = 200, max(v_7, v_8) = 203 -> gain 1.5 % < 2 %
+    r = convergence([10, 100, 150, 180, 190, 195, 200, 203, 201])
+    assert r["converged"] is True
+    assert r["window_epochs"] == 2
+    assert r["window_start_rsum"] == 200 and r["window_max_rsum"] == 203
+    assert r["relative_gain"] == pytest.approx(0.015)
+    assert r["final_dev_rsum"] == 201 and r["best_dev_rsum"] == 203 and r["best_epoch"] == 6
+
+
+def test_still_rising_is_not_converged():
+    # window 2: start 200, max 205 -> 2.5 % >= 2 %
+    r = convergence([10, 100, 150, 180, 190, 195, 200, 205, 204])
+    assert r["converged"] is False
+    assert r["relative_gain"] == pytest.approx(0.025)
+
+
+def test_exactly_two_percent_is_not_converged():
+    assert convergence([0, 50, 100, 102])["converged"] is False  # 3 epochs -> window 1: 100 -> 102 is 2.0 %
+    assert convergence([0, 50, 100, 101.9])["converged"] is True
+
+
+def test_window_rounds_up_and_uses_the_maximum():
+    # 5 epochs -> window ceil(1.25) = 2: start v_3 = 100; a rise to 110 that falls back still counts
+    r = convergence([0, 40, 80, 100, 110, 100])
+    assert r["window_epochs"] == 2 and r["window_max_rsum"] == 110 and r["converged"] is False
+    # a falling window is past its plateau
+    assert convergence([0, 40, 80, 100, 95, 90])["converged"] is True
+
+
+def test_one_epoch_compares_with_the_untrained_model():
+    r = convergence([12.0, 60.0])
+    assert r["window_epochs"] == 1 and r["window_start_rsum"] == 12.0 and r["converged"] is False
+
+
+def test_zero_start_is_not_converged():
+    assert convergence([0, 0, 0, 0, 0])["converged"] is False
+    assert convergence([0, 0, 0, 0, 0])["relative_gain"] is None
+
+
+def test_bad_curves_fail_cleanly():
+    with pytest.raises(DataError, match="at least one epoch"):
+        convergence([5.0])
+    with pytest.raises(DataError, match="NaN"):
+        convergence([5.0, float("nan")])
+
+
+def test_read_curve_keeps_the_last_point_of_a_rerun_epoch(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    lines = [{"epoch": -1, "step": 0, "dev": {"rsum": 5.0}}, {"epoch": 0, "step": 3, "loss": 1.0},
+             {"epoch": 0, "step": 4, "dev": {"rsum": 50.0}}, {"epoch": 1, "step": 8, "dev": {"rsum": 70.0}},
+             {"epoch": 1, "step": 8, "dev": {"rsum": 71.0}}]  # epoch 1 re-run after a resume
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    points = read_dev_curve(log)
+    assert [p["rsum"] for p in points] == [5.0, 50.0, 71.0]
+    summary = curve_summary(points, epochs=2)
+    assert summary["curve"] == {"epoch": [-1, 0, 1], "step": [0, 4, 8], "rsum": [5.0, 50.0, 71.0]}
+    with pytest.raises(DataError, match="expected dev points for epochs -1..2"):
+        curve_summary(points, epochs=3)
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+def test_trainer_logs_dev_curve_without_changing_training(tiny_run_config, tmp_path):
+    cfg = tiny_run_config(train={"epochs": 2})
+    metrics = train_and_evaluate(cfg, tmp_path / "dev")
+    conv = metrics["convergence"]
+    assert conv["curve"]["epoch"] == [-1, 0, 1]
+    # 80 training images x 5 captions / batch 32, drop_last: 12 steps per epoch; the first point is untrained
+    assert conv["curve"]["step"] == [0, 12, 24]
+    assert metrics["converged"] == conv["converged"] == convergence(conv["curve"]["rsum"])["converged"]
+    assert conv["curve"]["rsum"][-1] > conv["curve"]["rsum"][0]  # the dev probe sees the model learn
+    saved = json.loads((tmp_path / "dev" / "metrics.json").read_text())
+    assert saved["convergence"]["curve"] == conv["curve"]
+    # evaluating the dev split never touches the random state or the weights: same test metrics without it
+    off = train_and_evaluate({**cfg, "data": {**cfg["data"], "dev_split": None}}, tmp_path / "off")
+    assert off["protocols"] == metrics["protocols"]
+    assert off["converged"] is None and "convergence" not in off
