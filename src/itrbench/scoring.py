@@ -240,6 +240,55 @@ def block_scores(img: dict, cap: dict, u1: float, autocast: bool = False) -> Ten
         return u1 * 0.5 * (s_i2t + s_t2i) + (1 - u1) * s_g
 
 
+def eval_block_scores(img: dict, cap: dict, u1: float) -> Tensor:
+    """`block_scores` for evaluation (no autograd, float32/64 on CPU): the same algebra with the two softmaxes
+    written out and every large (block-sized) intermediate updated in place. torch.softmax over a non-innermost
+    dimension runs a scalar loop, and each fresh block-sized tensor is one more pass through memory; at the toy
+    width (D = 32) those passes, not the products, were most of the time (docs/pipeline.md, Budgets)."""
+    length = cap["length"]
+    h, d, nk = img["i2t"].shape[1], img["i2t"].shape[2], img["i2t"].shape[3]
+    ni = img["vnorm"].shape[0]
+    k = nk // ni
+    nc = cap["i2t"].shape[2] // length
+    hl, hk = h * length, h * k
+    prod1 = torch.matmul(cap["i2t"], img["i2t"])                                 # (2, H, nc*L, ni*K)
+    prod2 = torch.matmul(img["t2i"].reshape(2, h, ni * k, d), cap["t2i"])        # (2, H, ni*K, L*nc)
+    logits1, vd1 = prod1.view(2, h, nc, length, ni, k).unbind(0)
+    logits2, vd2 = prod2.view(2, h, ni, k, length, nc).unbind(0)
+
+    # I2T: softmax over the caption's real words (dim 2); a is the logits' own storage
+    a = logits1.add_(cap["mask_bias"])
+    a.sub_(a.amax(2, keepdim=True)).exp_()
+    a.div_(a.sum(2, keepdim=True))
+    num1 = vd1.mul_(a).sum(dim=(0, 2)).add_(img["vb"])                           # (nc, ni, K)
+    a_c = a.transpose(0, 1).reshape(nc, hl, ni * k)
+    sq1 = torch.bmm(cap["gram"], a_c).mul_(a_c).sum(1).view(nc, ni, k)
+    cos1 = num1.div_(sq1.clamp_min_(EPS * EPS).sqrt_().mul_(img["vnorm"]))
+    s_i2t = cos1.mean(-1).T                                                       # (ni, nc)
+    c1 = a_c.view(nc, hl, ni, k).mean(-1)                                         # (nc, HL, ni)
+    w_g = torch.bmm(c1.transpose(1, 2), cap["proj"]).transpose(0, 1)             # (ni, nc, D)
+
+    # T2I: softmax over the image's regions (dim 2)
+    b = logits2
+    b.sub_(b.amax(2, keepdim=True)).exp_()
+    b.div_(b.sum(2, keepdim=True))
+    num2 = vd2.mul_(b).sum(dim=(0, 2)).add_(cap["wb"])                           # (ni, L, nc)
+    b_i = b.transpose(0, 1).reshape(ni, hk, length * nc)
+    sq2 = torch.bmm(img["gram"], b_i).mul_(b_i).sum(1).view(ni, length, nc)
+    cos2 = num2.div_(sq2.clamp_min_(EPS * EPS).sqrt_().mul_(cap["wnorm"]))
+    weight = cap["weight"]                                                        # (L, nc)
+    s_t2i = cos2.mul_(weight).sum(1)                                             # (ni, nc)
+    c2 = b_i.view(ni, hk, length, nc).mul_(weight).sum(2)                        # (ni, HK, nc)
+    gv = torch.bmm(c2.transpose(1, 2), img["proj"])                               # (ni, nc, 2D)
+
+    dim = gv.shape[-1] // 2
+    v_g1, pre = gv[..., :dim], gv[..., dim:].add_(img["gate_bias"][:, None, :])
+    glob = img["glob"][:, None, :]
+    v_g = v_g1.sub_(glob).mul_(pre.sigmoid_()).add_(glob)
+    s_g = (v_g * w_g).sum(-1).div_(v_g.norm(dim=-1).clamp_min_(EPS).mul_(w_g.norm(dim=-1).clamp_min_(EPS)))
+    return s_g.mul_(1 - u1).add_(s_i2t.add_(s_t2i), alpha=u1 * 0.5)
+
+
 def caption_lengths(mask: Tensor) -> Tensor:
     """Positions needed per caption: index of the last real token + 1 (masks need not be prefixes)."""
     pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
@@ -326,6 +375,8 @@ def fused_scores(fusion: CrossAttentionFusion, regions: Tensor, glob: Tensor, wo
     grad = torch.is_grad_enabled()
     # compiled kernels are for evaluation only (the autograd path is training_scores')
     compiled = not grad and _compile_wanted(compile, regions.device, n_img * n_cap)
+    # the in-place evaluation path: no autograd, and no bf16 products to widen
+    in_place = not grad and not autocast
     if compiled:
         # static shapes for the compiled kernels: zero images fill the last image block (their rows are dropped),
         # padding words (mask False, so they weigh nothing) reach the largest length bucket, and short caption
@@ -359,8 +410,12 @@ def fused_scores(fusion: CrossAttentionFusion, regions: Tensor, glob: Tensor, wo
             cols = out.new_empty(n_rows, len(idx))
             for sl in image_blocks:
                 ib = _image_block(img, sl)
-                cols[sl] = (_compiled_block_scores(ib, cb, fusion.u1) if compiled
-                            else block_scores(ib, cb, fusion.u1, autocast))
+                if compiled:
+                    cols[sl] = _compiled_block_scores(ib, cb, fusion.u1)
+                elif in_place:
+                    cols[sl] = eval_block_scores(ib, cb, fusion.u1)
+                else:
+                    cols[sl] = block_scores(ib, cb, fusion.u1, autocast)
             return idx, cols
 
     starts = range(0, n_cap, block_captions)
