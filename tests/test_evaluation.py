@@ -240,6 +240,7 @@ class FakeDual(torch.nn.Module):
 
     def score(self, img, cap):
         self.score_calls += 1
+        self.score_pairs = getattr(self, "score_pairs", 0) + len(img["emb"]) * len(cap["mask"])
         m = cap["mask"].unsqueeze(-1).float()
         # padded positions must be masked out (False) and zero
         assert torch.all(cap["tok"][~cap["mask"]] == 0)
@@ -308,6 +309,13 @@ def test_encode_split_and_compute_sims_match_hand(monkeypatch):
     assert sims.dtype == np.float32 and sims.shape == (15, 75) and sim_secs >= 0
     np.testing.assert_allclose(sims, want, atol=1e-5)
     assert model.score_calls == 1 + math.ceil(15 / 4) * math.ceil(75 / 7)  # warm-up + every block once
+    # with blocks as large as the matrix, the warm-up is one small block, not a second pass over every pair
+    model.score_calls = model.score_pairs = 0
+    again, _ = ev.compute_sims(model, img, cap, device="cpu")
+    np.testing.assert_allclose(again, sims, atol=1e-6)
+    assert model.score_calls == 2
+    assert model.score_pairs == 15 * 75 + 15 * min(75, ev._WARM_CAPTIONS)
+    assert ev._WARM_IMAGES * ev._WARM_CAPTIONS < 15 * 75
     for p in ev.PROTOCOLS:
         assert_metrics(ev.evaluate_protocol(sims, p), ev.evaluate_protocol(want, p))
 
