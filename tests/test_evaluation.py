@@ -315,7 +315,6 @@ def test_encode_split_and_compute_sims_match_hand(monkeypatch):
     np.testing.assert_allclose(again, sims, atol=1e-6)
     assert model.score_calls == 2
     assert model.score_pairs == 15 * 75 + 15 * min(75, ev._WARM_CAPTIONS)
-    assert ev._WARM_IMAGES * ev._WARM_CAPTIONS < 15 * 75
     for p in ev.PROTOCOLS:
         assert_metrics(ev.evaluate_protocol(sims, p), ev.evaluate_protocol(want, p))
 
