@@ -235,6 +235,9 @@ def test_end_to_end_on_tiny_toy(tiny_run_config, tmp_path):
                           train={"epochs": 2, "batch_size": 40}, ascl={"tau": 0.1, "positives": "short"})
     metrics = train_and_evaluate(cfg, tmp_path / "run")
     assert metrics["protocols"]["f30k_1k"]["rsum"] > 0
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["eval_settings"] == {"scorer": "cross_attention", "compile": False, "block_images": 32,
+                                      "block_captions": 64}
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     means = [row["epoch_mean"]["loss"] for row in log if "epoch_mean" in row]
     assert len(means) == 2 and means[1] < means[0]

@@ -138,16 +138,11 @@ def test_compile_switch(monkeypatch):
 
     monkeypatch.setattr(scoring, "_compiled", {"fn": None, "broken": False})
     cpu, big, small = torch.device("cpu"), scoring._COMPILE_MIN_PAIRS, 5_000_000
-    monkeypatch.delenv("ITRBENCH_COMPILE", raising=False)
     assert scoring._compile_wanted(None, cpu, big) and not scoring._compile_wanted(None, cpu, small)
     assert not scoring._compile_wanted(None, torch.device("cuda"), big)  # CUDA stays eager (bf16 autocast)
-    monkeypatch.setenv("ITRBENCH_COMPILE", "0")
-    assert not scoring._compile_wanted(None, cpu, big) and scoring._compile_wanted(True, cpu, small)
-    monkeypatch.setenv("ITRBENCH_COMPILE", "1")
-    assert scoring._compile_wanted(None, cpu, small) and not scoring._compile_wanted(False, cpu, big)
+    assert scoring._compile_wanted(True, cpu, small) and not scoring._compile_wanted(False, cpu, big)
     # with the switch off the compiled scorer is never called
-    monkeypatch.setenv("ITRBENCH_COMPILE", "0")
     monkeypatch.setattr(scoring, "_compiled_block_scores", lambda *a: pytest.fail("compiled path used"))
     fusion, regions, glob, words, mask = make_inputs(seed=11)
     with torch.no_grad():
-        fused_scores(fusion, regions, glob, words, mask)
+        fused_scores(fusion, regions, glob, words, mask, compile=False)

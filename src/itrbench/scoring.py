@@ -23,7 +23,6 @@ caption; on CPU the caption blocks are spread over threads.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -309,15 +308,11 @@ _compile_lock = threading.Lock()
 
 
 def _compile_wanted(compile: bool | None, device: torch.device, n_pairs: int) -> bool:
-    """`compile` argument, else env ITRBENCH_COMPILE (0 = never, 1 = always), else by size. CPU only: CUDA runs
-    bf16 autocast eagerly, as before."""
+    """`compile` argument (run config `ascl.compile`), None = by size. CPU only: CUDA runs bf16 autocast eagerly."""
     if device.type != "cpu" or _compiled["broken"]:
         return False
     if compile is None:
-        env = os.environ.get("ITRBENCH_COMPILE", "").strip().lower()
-        if env in ("0", "false", "no", "off"):
-            return False
-        compile = env in ("1", "true", "yes", "on") or n_pairs >= _COMPILE_MIN_PAIRS
+        compile = n_pairs >= _COMPILE_MIN_PAIRS
     return bool(compile)
 
 
@@ -359,8 +354,8 @@ def fused_scores(fusion: CrossAttentionFusion, regions: Tensor, glob: Tensor, wo
     processed in length-sorted blocks, each trimmed to its longest caption. `autocast` None = bf16 matmuls on
     CUDA, fp32 on CPU. On CPU, `workers` (None = torch's thread count) threads score whole caption blocks with one
     intra-op thread each: the per-block tensors are too small for torch's own threading to pay for its barriers.
-    `compile` (CPU only): True/False = torch.compile the block scorer or not; None = env ITRBENCH_COMPILE (0/1),
-    else compile for evaluations of at least _COMPILE_MIN_PAIRS pairs. Falls back to eager if compiling fails.
+    `compile` (CPU only): True/False = torch.compile the block scorer or not; None = compile for evaluations of at
+    least _COMPILE_MIN_PAIRS pairs. Falls back to eager if compiling fails.
     """
     if mask.dtype != torch.bool:
         mask = mask.bool()

@@ -215,6 +215,7 @@ def evaluate_run(config: dict, model, data: RunData, out_dir: Path, device, trai
     metrics = {
         **result,
         "train_wall_seconds": train_wall_seconds,
+        "eval_settings": model.eval_settings(),
         "epochs": config["train"]["epochs"],
         "versions": package_versions(),
         "git_commit": git_commit(Path(__file__).parent),

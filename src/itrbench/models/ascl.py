@@ -84,7 +84,14 @@ class AsCL(RetrievalModel):
             return img["pooled"].float() @ cap["pooled"].float().T
         bi, bc = self._blocks(img["regions"].device)
         return fused_scores(self.fusion, img["regions"], img["glob"], cap["words"], cap["mask"],
-                            block_images=bi, block_captions=bc)
+                            block_images=bi, block_captions=bc, compile=self.opts["compile"])
+
+    def eval_settings(self) -> dict:
+        if self.fusion is None:
+            return {}
+        bi, bc = self._blocks(next(self.parameters()).device)
+        return {"scorer": "cross_attention", "compile": self.opts["compile"], "block_images": bi,
+                "block_captions": bc}
 
     def reference_score(self, img: dict, cap: dict) -> Tensor:
         """The per-caption loop (tests and bench/xattn.py); same scores as `score`."""

@@ -64,6 +64,10 @@ class RetrievalModel(nn.Module):
     def after_step(self) -> None: ...
     def on_epoch_end(self, trainer, epoch: int) -> None: ...
 
+    def eval_settings(self) -> dict:
+        """Settings of `score` that change its cost but not its values (recorded in metrics.json)."""
+        return {}
+
     def extra_state(self) -> dict:
         return {}
 
