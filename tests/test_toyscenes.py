@@ -42,12 +42,12 @@ def test_layout_shapes_and_reader(tmp_path):
     ids = sum((open_split(tmp_path, "toy-f30k", sp).ids for sp in SMALL["splits"]), [])
     assert len(set(ids)) == len(ids)
     manifest = json.loads((folder / "toyscenes.json").read_text())
-    assert manifest["seed"] == 0 and manifest["splits"] == SMALL["splits"] and manifest["region_noise"] == 0.6
+    assert manifest["seed"] == 0 and manifest["splits"] == SMALL["splits"] and manifest["region_noise"] == 0.3
 
 
 def test_default_sizes_and_paper_shape(tmp_path):
-    assert ts.DATASETS["toy-f30k"] == {"train": 2000, "dev": 200, "test": 1000}
-    assert ts.DATASETS["toy-coco"] == {"train": 3000, "dev": 200, "testall": 5000}
+    assert ts.DATASETS["toy-f30k"] == {"train": 1000, "dev": 200, "test": 1000}
+    assert ts.DATASETS["toy-coco"] == {"train": 1000, "dev": 200, "testall": 5000}
     folder = ts.generate_toyscenes(tmp_path, "toy-coco", splits={"testall": 3}, n_regions=36, feat_dim=2048,
                                    global_dim=2048)
     assert np.load(folder / "testall_ims.npy", mmap_mode="r").shape == (3, 36, 2048)

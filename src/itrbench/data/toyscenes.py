@@ -27,13 +27,16 @@ import numpy as np
 from itrbench.errors import ConfigError
 from itrbench.utils import atomic_path
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: calibrated defaults (docs/data.md, "Toy calibration")
 
-# Default split sizes (images). toy-coco's testall has 5,000 images so both COCO protocols run.
+# Default split sizes (images): the calibrated toy (docs/data.md, "Toy calibration"). Test splits are exact
+# protocol sizes (F30K 1K; toy-coco's testall has 5,000 images so both COCO protocols run); train is what a run
+# can afford to converge on within the CPU budget; dev (200) is the per-epoch convergence signal.
 DATASETS: dict[str, dict[str, int]] = {
-    "toy-f30k": {"train": 2000, "dev": 200, "test": 1000},
-    "toy-coco": {"train": 3000, "dev": 200, "testall": 5000},
+    "toy-f30k": {"train": 1000, "dev": 200, "test": 1000},
+    "toy-coco": {"train": 1000, "dev": 200, "testall": 5000},
 }
+N_REGIONS = 8  # regions per image at toy scale: room for 5 objects + agent + action + background
 
 # Difficulty and shape knobs with their defaults (all keyword arguments of generate_toyscenes).
 KNOBS: dict[str, float | int] = {
@@ -45,13 +48,13 @@ KNOBS: dict[str, float | int] = {
     "attr_extra_prob": 0.4,     # per object: chance of a size and of a material besides the colour
     "word_closeness": 1.0,      # weight of shared (category/theme/family) parts in word prototypes
     "attr_strength": 0.6,       # weight of attribute prototypes in an object's region
-    "region_noise": 0.6,        # norm of the Gaussian noise added to each region's semantic vector
+    "region_noise": 0.3,        # norm of the Gaussian noise added to each region's semantic vector
     "feature_noise": 0.1,       # per-dimension noise added after projection to feat_dim
     "background_strength": 0.5, # weight of the theme vector in background regions
     "global_noise": 0.5,        # norm of the noise on the global feature's semantic vector
-    "near_dup_frac": 0.2,       # fraction of images that copy another image's scene with one change
-    "hallucination_prob": 0.1,  # per caption: chance of mentioning an object the image does not show
-    "attr_mention_prob": 0.6,   # per mentioned object and attribute: chance the caption names it
+    "near_dup_frac": 0.1,       # fraction of images that copy another image's scene with one change
+    "hallucination_prob": 0.05,  # per caption: chance of mentioning an object the image does not show
+    "attr_mention_prob": 0.8,   # per mentioned object and attribute: chance the caption names it
     "theme_skew": 0.6,          # Zipf exponent of theme and object frequencies (0 = uniform)
 }
 _PROB_KNOBS = {"action_prob", "outfit_prob", "attr_extra_prob", "near_dup_frac", "hallucination_prob",
@@ -699,7 +702,7 @@ def check_options(options: dict, source: str = "toyscenes") -> dict:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ConfigError(f"{source}: unknown key '{unknown[0]}'; expected one of {', '.join(OPTIONS)}")
-    out = {"seed": 0, "splits": None, "n_regions": 12, "feat_dim": 256, "global_dim": 256, **KNOBS, **options}
+    out = {"seed": 0, "splits": None, "n_regions": N_REGIONS, "feat_dim": 256, "global_dim": 256, **KNOBS, **options}
     splits = out["splits"]
     if splits is not None:
         if not isinstance(splits, dict) or not splits:
@@ -731,7 +734,7 @@ def check_options(options: dict, source: str = "toyscenes") -> dict:
 
 
 def generate_toyscenes(out_root, dataset: str, *, seed: int = 0, splits: dict[str, int] | None = None,
-                       n_regions: int = 12, feat_dim: int = 256, global_dim: int = 256, **knobs) -> Path:
+                       n_regions: int = N_REGIONS, feat_dim: int = 256, global_dim: int = 256, **knobs) -> Path:
     """Write `<out_root>/<dataset>_precomp/` (ims, caps, ids, global for every split) atomically.
 
     `splits` defaults to DATASETS[dataset]; knobs (see KNOBS) tune difficulty. Paper shape:
