@@ -239,8 +239,10 @@ def test_build_table_mean_std_diff_and_statuses(tmp_path, wf_default, registry, 
     assert row1["i2t_r1_mean"] == pytest.approx(20.0) and row1["i2t_r1_std"] == pytest.approx(10.0)
     assert row1["i2t_r1_diff"] == pytest.approx(20.0 - 78.7) and row1["i2t_r1_paper"] == 78.7
     rsums = [sum(_values(10.0 * (k + 1)).values()) for k in range(3)]
-    assert row1["rsum_mean"] == pytest.approx(np.mean(rsums)) and np.isnan(row1["rsum_paper"])
-    assert np.isnan(row1["rsum_diff"])
+    # the paper prints six recalls but no R@sum: computed from them (marked), so the difference is defined
+    paper_sum = round(sum(row1[f"{m}_paper"] for m in RECALLS), 1)
+    assert row1["rsum_mean"] == pytest.approx(np.mean(rsums)) and row1["rsum_paper"] == pytest.approx(paper_sum)
+    assert row1["rsum_paper_computed"] and row1["rsum_diff"] == pytest.approx(np.mean(rsums) - paper_sum)
     row2 = table.loc["2"]
     assert row2["status"] == NOT_RUN and row2["n_seeds"] == 0
     assert all(np.isnan(row2[f"{m}_mean"]) for m in METRICS)  # never a paper number in a reproduced cell
@@ -279,11 +281,13 @@ def test_table_cli_writes_markdown_and_csv(tmp_path, wf_default, registry, monke
     first = csv.read_text().splitlines()[0]
     assert first.startswith("# config=default scale=toy commit=") and "seeds=0,1" in first and "date=" in first
     assert first[2:] in text and "## MSCOCO 5K" in text and "## Flickr30K 1K" in text
-    assert "| AsCL | AsCL | paper | 94.8 | 99.4 | 66.7 | 87.3 | – | 2/2 seeds |" in text
-    assert "| w/o MF | -w/o MF | paper | 39.7 | 71.2 | 31.0 | 58.7 | – | not run |" in text
+    # AsCL Table II prints R@1 and R@5 only: the R@10 columns read `–` so R@sum is the sum of the columns shown
+    assert "| Method | Source | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | R@sum | Status |" in text
+    assert "| AsCL | paper | 94.8 | 99.4 | – | 66.7 | 87.3 | – | – | 2/2 seeds |" in text
+    assert "| -w/o MF | paper | 39.7 | 71.2 | – | 31.0 | 58.7 | – | – | not run |" in text
     assert "20.5 ± 0.7" in text  # i2t_r1 over seeds 20, 21
     df = pd.read_csv(csv, skiprows=1)
-    assert len(df) == 12 and "i2t_r10_paper" not in df.columns  # AsCL Table II prints R@1 and R@5 only
+    assert len(df) == 12 and df["i2t_r10_paper"].isna().all()
     ascl = df[(df["row"] == "AsCL") & (df["protocol"] == "coco_5k")].iloc[0]
     assert ascl["i2t_r1_mean"] == 20.5 and ascl["i2t_r1_diff"] == pytest.approx(20.5 - 94.8)
 
@@ -341,3 +345,86 @@ def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
     # with no runs at all a figure still renders (empty panels), so a partial pipeline can show its state
     save_figure(FIGURES["coder_table4_k"](records.iloc[:0], paper, registry), tmp_path / "empty.png")
     assert (tmp_path / "empty.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------------ table defects
+def _table_md(tmp_path, name, paths=(), seeds=(0,), shared=()):
+    md, csv, html = tmp_path / f"{name}.md", tmp_path / f"{name}.csv", tmp_path / f"{name}.html"
+    rc = main(["table", name, "--registry", str(REGISTRY), "--paper-numbers", str(PAPER / "coder.csv"), str(PAPER / "ascl.csv"),
+               "--metrics", *map(str, paths), "--seeds", *map(str, seeds), "--md", str(md), "--csv", str(csv),
+               "--html", str(html), *(["--shared", *shared] if shared else [])])
+    assert rc == 0
+    return md.read_text(), pd.read_csv(csv, skiprows=1, dtype={"row": str}), html.read_text()
+
+
+def test_table_one_note_per_row(tmp_path):
+    """PVSE, SHAN, CODER (CODER Table 1) and `w triplet` (AsCL Table II) have notes on two protocols: one line each."""
+    for name, rows in (("coder_table1", ["PVSE [46] (2019)", "SHAN [20] (2021)", "CODER"]), ("ascl_table2", ["-w triplet loss"])):
+        text = _table_md(tmp_path, name)[0]
+        notes = [line for line in text.splitlines() if line.startswith("- **")]
+        labels = [line.split("**")[1] for line in notes]
+        assert len(labels) == len(set(labels)), notes
+        for row in rows:
+            assert labels.count(row) == 1
+    text = _table_md(tmp_path, "coder_table1")[0]
+    shan = next(line for line in text.splitlines() if line.startswith("- **SHAN"))
+    # the part both protocols share once, the COCO-only part named by its protocol
+    assert shan == "- **SHAN [20] (2021)**: image encoder Faster-RCNN; MSCOCO 1K (5-fold average): R@sum misprinted in the paper: " \
+                   "the six R@K sum to 519.8 (printed value kept)"
+
+
+def test_table_rsum_is_over_the_shown_columns(tmp_path, wf_default, registry):
+    """Every recall R@sum adds up is a column of the table, and the reproduced R@sum equals the sum of the shown means."""
+    plan = reg.plan_runs(dict(wf_default, only=["ascl/table1/ascl"], seeds=[0]), registry)
+    paths = [_record(tmp_path, r, {p: _values(20.0) for p in r.config["data"]["protocols"]}) for r in plan.runs]
+    text, df, _ = _table_md(tmp_path, "ascl_table2", paths)
+    header = next(line for line in text.splitlines() if line.startswith("| Method"))
+    assert all(label in header for label in ("I→T R@10", "T→I R@10", "R@sum"))
+    row = df[(df["row"] == "AsCL") & (df["protocol"] == "f30k_1k")].iloc[0]
+    assert row["rsum_mean"] == pytest.approx(sum(row[f"{m}_mean"] for m in RECALLS)) == 20 * 6 + 15
+    reproduced = next(line for line in text.splitlines() if line.startswith("|  | reproduced"))
+    cells = [c.strip() for c in reproduced.strip("|").split("|")][2:9]
+    assert sum(float(c) for c in cells[:6]) == pytest.approx(float(cells[6]))
+
+
+def test_table_paper_rsum_computed_and_marked(tmp_path, paper):
+    """AsCL Table I prints no R@sum: computed from the six paper recalls and marked `*`; printed ones stay unmarked."""
+    text, df, _ = _table_md(tmp_path, "ascl_table1")
+    ascl = df[(df["row"] == "AsCL") & (df["protocol"] == "coco_5k")].iloc[0]
+    assert ascl["rsum_paper"] == pytest.approx(94.8 + 99.4 + 99.8 + 66.7 + 87.3 + 92.3) and ascl["rsum_paper_computed"]
+    assert "| AsCL (OURS) | paper | 94.8 | 99.4 | 99.8 | 66.7 | 87.3 | 92.3 | 540.3* | not run |" in text
+    assert "`*` = paper R@sum computed" in text
+    t1, d1, _ = _table_md(tmp_path, "coder_table1")
+    coder = d1[(d1["row"] == "CODER") & (d1["protocol"] == "coco_1k")].iloc[0]
+    assert coder["rsum_paper"] == 530.6 and not coder["rsum_paper_computed"]  # printed (misprinted) value kept
+    assert "530.6 |" in t1 and "530.6*" not in t1
+    # VSE++ lacks R@5: nothing is computed
+    vse = d1[(d1["row"] == "VSE++") & (d1["protocol"] == "coco_1k")].iloc[0]
+    assert np.isnan(vse["rsum_paper"]) and not vse["rsum_paper_computed"]
+
+
+def test_table_header_has_no_empty_or_repeated_column(tmp_path):
+    text = _table_md(tmp_path, "coder_table1")[0]
+    header = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| Method")).strip("|").split("|")]
+    assert all(header) and len(header) == len(set(header)) and header[:2] == ["Method", "Source"]
+    assert "| DVSA [23] (2015) | paper |" in text  # the paper's label once, not the row key beside it
+
+
+def test_table_row_reads_a_shared_run(tmp_path, wf_default, registry):
+    """coder/table2/row5 is the same run as coder/table1/coder: with only the latter run, row 5 reads its records."""
+    plan = reg.plan_runs(dict(wf_default, only=["coder/table1/coder"], seeds=[0]), registry)
+    paths = [_record(tmp_path, r, {p: _values(30.0) for p in r.config["data"]["protocols"]}) for r in plan.runs]
+    text, df, html = _table_md(tmp_path, "coder_table2", paths)
+    assert df.set_index("row").loc["5", "status"] == NOT_RUN
+    text, df, html = _table_md(tmp_path, "coder_table2", paths, shared=["coder/table2/row5:f30k=coder/table1/coder"])
+    row5 = df.set_index("row").loc["5"]
+    assert row5["status"] == "1/1 seeds" and row5["i2t_r1_mean"] == 30.0 and row5["read_from"] == "coder/table1/coder"
+    assert df.set_index("row").loc["1", "status"] == NOT_RUN
+    assert "<table" in html and "30.0" in html  # the report's inline HTML table carries the rows
+
+
+def test_table_shared_argument_is_checked():
+    with pytest.raises(SystemExit):
+        main(["table", "coder_table2"])  # argparse: required options missing
+    assert main(["table", "coder_table2", "--paper-numbers", str(PAPER / "coder.csv"), "--md", "x.md", "--csv", "x.csv",
+                 "--registry", str(REGISTRY), "--shared", "nonsense"]) == 2

@@ -90,29 +90,58 @@ def load_records(metrics_paths) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- building
-def table_metrics(paper_rows: pd.DataFrame) -> list[str]:
-    """The metric columns of a table: those the paper prints, plus R@sum (always reproduced)."""
-    shown = [m for m in RECALLS if paper_rows[m].notna().any()] if len(paper_rows) else list(RECALLS)
-    return [*shown, "rsum"]
+def table_metrics(paper_rows: pd.DataFrame | None = None) -> list[str]:
+    """The metric columns of a table: all six recalls and R@sum, so R@sum is always the sum of the columns shown
+    (a paper table that prints only some recalls gets `–` in the others)."""
+    return list(METRICS)
 
 
-def build_table(table: str, registry: dict, paper: pd.DataFrame, records: pd.DataFrame, seeds) -> pd.DataFrame:
-    """The wide table of one registry table: a line per (row, protocol) with paper / mean / std / diff per metric."""
+def paper_rsum(values: dict) -> tuple[float, bool]:
+    """The paper's R@sum as printed, else the sum of its six recalls when all are given: (value, computed?)."""
+    printed = values.get("rsum", np.nan)
+    if not (isinstance(printed, float) and math.isnan(printed)):
+        return float(printed), False
+    recalls = [values.get(m, np.nan) for m in RECALLS]
+    if all(isinstance(v, float) and not math.isnan(v) for v in recalls):
+        return round(float(sum(recalls)), 1), True
+    return np.nan, False
+
+
+def build_table(table: str, registry: dict, paper: pd.DataFrame, records: pd.DataFrame, seeds,
+                shared: dict | None = None) -> pd.DataFrame:
+    """The wide table of one registry table: a line per (row, protocol) with paper / mean / std / diff per metric.
+
+    `shared` maps (experiment, data set key) to another experiment whose run is the same (same config hash): a
+    row whose own experiment was not selected by the config reads that run instead of `not run`.
+    """
     spec = registry["tables"][table]
     rows = paper[(paper["paper"] == spec["paper"]) & (paper["table"] == spec["table"])]
     metrics = table_metrics(rows)
     reporter = {rep["row"]: name for name, exp in registry["experiments"].items()
                 for rep in exp.get("reports", []) if rep["table"] == table}
     seeds = [int(s) for s in seeds]
+    shared = shared or {}
     lines = []
+
+    def runs_of(exp, protocol):
+        if exp is None or not len(records):
+            return pd.DataFrame(), ""
+        ds = PROTOCOL_DATASET[protocol]
+        for source in (exp, shared.get((exp, ds))):
+            if source is None:
+                continue
+            got = records[(records["experiment"] == source) & (records["protocol"] == protocol)
+                          & (records["dataset_key"] == ds) & records["seed"].isin(seeds)]
+            if not got.empty:
+                return got, source
+        return pd.DataFrame(), ""
 
     def line(row, method, protocol, paper_values, note):
         exp = reporter.get(row)
         out = {"table": table, "protocol": protocol, "row": row, "method": method, "experiment": exp or ""}
-        got = pd.DataFrame()
-        if exp is not None and len(records):
-            got = records[(records["experiment"] == exp) & (records["protocol"] == protocol)
-                          & (records["dataset_key"] == PROTOCOL_DATASET[protocol]) & records["seed"].isin(seeds)]
+        got, source = runs_of(exp, protocol)
+        out["read_from"] = source
+        out["dataset"] = str(got["dataset"].iloc[0]) if not got.empty else ""
         if exp is None:
             out["status"] = REPORTED_ONLY
         elif got.empty:
@@ -120,6 +149,8 @@ def build_table(table: str, registry: dict, paper: pd.DataFrame, records: pd.Dat
         else:
             out["status"] = f"{got['seed'].nunique()}/{len(seeds)} seeds"
         out["n_seeds"] = int(got["seed"].nunique()) if not got.empty else 0
+        paper_values = {**paper_values}
+        paper_values["rsum"], out["rsum_paper_computed"] = paper_rsum(paper_values)
         for m in metrics:
             p = paper_values.get(m, np.nan)
             vals = got[m].dropna().to_numpy(dtype=float) if not got.empty else np.array([])
@@ -159,36 +190,109 @@ def _num(v, signed=False) -> str:
     return f"{v:+.1f}" if signed else f"{v:.1f}"
 
 
-def to_markdown(df: pd.DataFrame, title: str, header: str) -> str:
-    """Per protocol, three lines per row: paper, reproduced (mean ± std), Δ = reproduced − paper."""
+COMPUTED_MARK = "*"
+
+
+def protocol_heading(protocol: str, datasets) -> str:
+    """`MSCOCO 5K`, plus the data the reproduced rows actually used when that is not the paper's (toy-coco 5K)."""
+    label = PROTOCOL_LABELS.get(protocol, protocol)
+    used = [d for d in dict.fromkeys(datasets) if d]
+    if not used:
+        return label
+    size = {"f30k_1k": "1K", "coco_1k": "1K (5-fold average)", "coco_5k": "5K"}.get(protocol, protocol)
+    return f"{label} (paper) · {', '.join(f'{d} {size}' for d in used)} (reproduced)"
+
+
+def merged_notes(df: pd.DataFrame) -> dict[str, str]:
+    """One note per row: the parts (split on `; `) shared by all its protocols once, the others prefixed by their
+    protocol, e.g. `image encoder Faster-RCNN; MSCOCO 1K: R@sum misprinted ...`."""
+    notes: dict[str, str] = {}
+    for method, part in df.groupby("method", sort=False):
+        per_protocol = {r["protocol"]: [n for n in r["note"].split("; ") if n] for r in part.to_dict("records")}
+        everywhere = [n for n in dict.fromkeys(sum(per_protocol.values(), []))
+                      if all(n in ps for ps in per_protocol.values())]
+        text = list(everywhere)
+        if len(per_protocol) > 1:
+            for protocol, ps in per_protocol.items():
+                own = [n for n in ps if n not in everywhere]
+                if own:
+                    text.append(f"{PROTOCOL_LABELS.get(protocol, protocol)}: {'; '.join(own)}")
+        else:
+            text = next(iter(per_protocol.values()))
+        if text:
+            notes[method] = "; ".join(text)
+    return notes
+
+
+def _paper_cell(rec, m) -> str:
+    cell = _num(rec[f"{m}_paper"])
+    return cell + COMPUTED_MARK if m == "rsum" and rec.get("rsum_paper_computed") else cell
+
+
+def display_frame(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per protocol heading, the table as printed: a Method column, a Source column (paper / reproduced / Δ), the
+    metrics and the status; a reproduced line only for rows with runs. Markdown and the report's HTML share it."""
     metrics = [c[: -len("_paper")] for c in df.columns if c.endswith("_paper")]
-    cols = ["Row", "Method", "", *(METRIC_LABELS[m] for m in metrics), "Status"]
-    out = [f"# {title}", "", f"`{header}`", "",
-           "Reproduced = mean ± std over seeds (std needs two or more); Δ = reproduced − paper; "
-           "`–` = not given. Toy-scale numbers come from synthetic data and are not expected to match the paper's.", ""]
+    cols = ["Method", "Source", *(METRIC_LABELS[m] for m in metrics), "Status"]
+    parts = {}
     for protocol, part in df.groupby("protocol", sort=False):
-        out += [f"## {PROTOCOL_LABELS.get(protocol, protocol)}", "",
-                "| " + " | ".join(cols) + " |", "|" + "|".join(["---", "---", "---"] + ["---:"] * len(metrics) + ["---"]) + "|"]
+        lines = []
         for rec in part.to_dict("records"):
-            out.append("| " + " | ".join([rec["row"], rec["method"], "paper",
-                                          *(_num(rec[f"{m}_paper"]) for m in metrics), rec["status"]]) + " |")
+            lines.append([rec["method"], "paper", *(_paper_cell(rec, m) for m in metrics), rec["status"]])
             if rec["n_seeds"]:
                 cells = []
                 for m in metrics:
                     mean, std = rec[f"{m}_mean"], rec[f"{m}_std"]
                     cells.append(_num(mean) + ("" if math.isnan(std) else f" ± {std:.1f}"))
-                out.append("| " + " | ".join(["", "", "reproduced", *cells, ""]) + " |")
-                out.append("| " + " | ".join(["", "", "Δ", *(_num(rec[f"{m}_diff"], signed=True) for m in metrics), ""]) + " |")
+                lines.append(["", "reproduced", *cells, ""])
+                lines.append(["", "Δ", *(_num(rec[f"{m}_diff"], signed=True) for m in metrics), ""])
+        heading = protocol_heading(protocol, part["dataset"] if "dataset" in part else [])
+        parts[heading] = pd.DataFrame(lines, columns=cols)
+    return parts
+
+
+LEGEND = ("Reproduced = mean ± std over seeds (std needs two or more); Δ = reproduced − paper; `–` = not given; "
+          f"R@sum = sum of the six recalls shown; `{COMPUTED_MARK}` = paper R@sum computed by the suite from the six "
+          "paper recalls (the paper does not print it). Toy-scale numbers come from synthetic data and are not expected "
+          "to match the paper's.")
+
+
+def to_markdown(df: pd.DataFrame, title: str, header: str) -> str:
+    """Per protocol, up to three lines per row: paper, reproduced (mean ± std), Δ = reproduced − paper."""
+    out = [f"# {title}", "", f"`{header}`", "", LEGEND, ""]
+    for heading, frame in display_frame(df).items():
+        n_metrics = len(frame.columns) - 3
+        out += [f"## {heading}", "", "| " + " | ".join(frame.columns) + " |",
+                "|" + "|".join(["---", "---"] + ["---:"] * n_metrics + ["---"]) + "|"]
+        out += ["| " + " | ".join(line) + " |" for line in frame.itertuples(index=False)]
         out.append("")
-    notes = dict.fromkeys(f"- **{r['row']}**: {r['note']}" for r in df.to_dict("records") if r["note"])
+    notes = merged_notes(df)
     if notes:
-        out += ["Notes:", "", *notes, ""]
+        out += ["Notes:", "", *(f"- **{m}**: {n}" for m, n in notes.items()), ""]
     return "\n".join(out)
 
 
-def write_table(df: pd.DataFrame, md_path, csv_path, title: str, header: str) -> None:
-    """Markdown and CSV (first line: `# <header>`; read with pandas.read_csv(path, skiprows=1))."""
+def to_html(df: pd.DataFrame, title: str, header: str) -> str:
+    """The same table as an HTML fragment (pandas `to_html`), for the Snakemake report."""
+    import html
+
+    out = [f"<h3>{html.escape(title)}</h3>", f"<p><code>{html.escape(header)}</code></p>",
+           f"<p>{html.escape(LEGEND.replace('`', ''))}</p>"]
+    for heading, frame in display_frame(df).items():
+        out += [f"<h4>{html.escape(heading)}</h4>", frame.to_html(index=False, border=1, classes="itrbench-table")]
+    notes = merged_notes(df)
+    if notes:
+        out += ["<p>Notes:</p>", "<ul>", *(f"<li><b>{html.escape(m)}</b>: {html.escape(n)}</li>" for m, n in notes.items()),
+                "</ul>"]
+    return "\n".join(out) + "\n"
+
+
+def write_table(df: pd.DataFrame, md_path, csv_path, title: str, header: str, html_path=None) -> None:
+    """Markdown and CSV (first line: `# <header>`; read with pandas.read_csv(path, skiprows=1)), optionally HTML."""
     with atomic_path(md_path) as tmp:
         Path(tmp).write_text(to_markdown(df, title, header), encoding="utf-8")
+    if html_path:
+        with atomic_path(html_path) as tmp:
+            Path(tmp).write_text(to_html(df, title, header), encoding="utf-8")
     with atomic_path(csv_path) as tmp:
         Path(tmp).write_text(f"# {header}\n" + df.to_csv(index=False, float_format="%.4g"), encoding="utf-8")
