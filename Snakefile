@@ -1,9 +1,10 @@
 # itrbench pipeline: data -> text caches / concepts -> train -> per-experiment records -> tables -> figures.
 #
-#   snakemake --cores all                 # default target `all` = tables + figures, toy config on CPU
-#   snakemake --cores all tables          # only the tables
-#   snakemake --configfile workflow/config/paper.yaml --profile workflow/profiles/slurm   # real data on SLURM
-#   snakemake --report report.html        # tables and figures with captions
+#   snakemake --cores all tables figures  # default config: results/default/{tables,figures}, copied to tables/, figures/
+#   snakemake --cores all                 # default target `all`: results/<config>/{tables,figures} only (no copy)
+#   snakemake --cores 2 all --configfile workflow/config/tiny.yaml   # targets BEFORE --configfile (it takes several values)
+#   snakemake all --configfile workflow/config/paper.yaml --profile workflow/profiles/slurm   # real data on SLURM
+#   snakemake --report report.html        # one config's tables (inline) and figures with captions
 #
 # Config: workflow/config/default.yaml unless --configfile is given (a given file replaces it, it is not merged);
 # checked against workflow/config/schema.yaml. Experiments: workflow/experiments.yaml. See docs/pipeline.md.
@@ -12,6 +13,20 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+# `--configfile` takes several values, so a target written after it is read as a config file (Snakemake fails on
+# that before this file runs when the target is a folder, e.g. `tables`). What is left to catch here: a config file
+# given where a target belongs.
+for _target in getattr(workflow.dag_settings, "targets", None) or ():
+    if str(_target).endswith((".yaml", ".yml")) and os.path.isfile(str(_target)):
+        raise WorkflowError(f"{_target} is a config file given as a target: write targets before --configfile, e.g. "
+                            f"snakemake --cores 2 all --configfile {_target}")
+
+
+onsuccess:
+    print(f"itrbench: config {WF['name']}: tables in {OUT}/tables/, figures in {OUT}/figures/"
+          + (" (the `tables` / `figures` targets copy them to tables/, figures/)" if WF["publish"] else ""))
 
 
 wildcard_constraints:
@@ -24,6 +39,7 @@ wildcard_constraints:
 
 
 rule all:
+    # this config's results only; the committed copies are written by the explicit targets `tables` and `figures`
     default_target: True
     input:
         table_outputs(),

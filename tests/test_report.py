@@ -312,6 +312,24 @@ def test_t2i_r1_by_length_matches_hand_count(tmp_path):
     assert got["≤7"] == 50.0 and got["8–9"] == 50.0 and got["10–11"] == 100.0 and np.isnan(got["≥17"])
 
 
+def check_honest_figure(fig, name):
+    """Bars start at 0; no legend overlaps a panel's plotting area; reproduced panels name the toy data they show."""
+    import matplotlib.patches
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [fig._suptitle.get_text() if fig._suptitle else ""] + [ax.get_title() for ax in fig.axes] + \
+             [ax.get_ylabel() for ax in fig.axes]
+    for ax in fig.axes:
+        if any(isinstance(a, matplotlib.patches.Rectangle) and a.get_height() > 0 for a in ax.patches):
+            assert ax.get_ylim()[0] <= 0, (name, "bar axis does not start at 0")
+        legend = ax.get_legend()
+        if legend is not None:
+            assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)), (name, "legend over data")
+    assert any("toy-" in t for t in titles), (name, titles)  # the records are toy data: say so
+    assert not any("MSCOCO 5K" in t for t in titles), (name, titles)
+
+
 def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
     from itrbench.data.toyscenes import generate_toyscenes
     from itrbench.report.figures import FIGURES, save_figure
@@ -339,9 +357,15 @@ def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
     assert set(FIGURES) == set(registry["figures"])
     for name, plot in FIGURES.items():
         members = [n for n, e in registry["experiments"].items() if name in e["figures"]]
-        save_figure(plot(records[records["experiment"].isin(members)], paper, registry), tmp_path / f"{name}.png")
+        fig = plot(records[records["experiment"].isin(members)], paper, registry)
+        check_honest_figure(fig, name)
+        save_figure(fig, tmp_path / f"{name}.png")
         png = (tmp_path / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name
+    # the paper panel of CODER Fig. 3 draws points only where the paper gives a number (no line through batch 64)
+    fig = FIGURES["coder_fig3_batch_size"](records.iloc[:0], paper, registry)
+    paper_lines = [ln for ax in fig.axes for ln in ax.get_lines() if "paper" in ln.get_label()]
+    assert paper_lines and all(ln.get_linestyle() == "None" and 64 not in list(ln.get_xdata()) for ln in paper_lines)
     # with no runs at all a figure still renders (empty panels), so a partial pipeline can show its state
     save_figure(FIGURES["coder_table4_k"](records.iloc[:0], paper, registry), tmp_path / "empty.png")
     assert (tmp_path / "empty.png").stat().st_size > 10_000

@@ -202,20 +202,52 @@ def experiment_datasets():
 
 
 # ------------------------------------------------------------------------------------------------- tables, figures
+# Every config writes its tables and figures under results/<config name>/ (the report shows one config); only a
+# config with `publish: true` (the default) copies them to the committed tables/ and figures/, via the targets
+# `tables` and `figures`.
+OUT = f"results/{WF['name']}"
+TABLE_FORMATS = ("md", "csv", "html")
+
+
 def table_outputs():
-    return [f"tables/{name}.{ext}" for name in REGISTRY["tables"] for ext in ("md", "csv")]
+    return [f"{OUT}/tables/{name}.{ext}" for name in REGISTRY["tables"] for ext in TABLE_FORMATS]
+
+
+def published_tables():
+    return [f"tables/{name}.{ext}" for name in REGISTRY["tables"] for ext in ("md", "csv")] if WF["publish"] else []
+
+
+_SHARED = {}
+
+
+def shared_runs(table):
+    """Rows of `table` whose experiment this config does not run but whose config another planned run has."""
+    if table not in _SHARED:
+        _SHARED[table] = reg.shared_runs(WF, REGISTRY, PLAN, PLAN.experiments_of_table(table), CONFIG_SOURCE)
+    return _SHARED[table]
 
 
 def table_inputs(wildcards):
+    shared = shared_runs(wildcards.table)
+    experiments = PLAN.experiments_of_table(wildcards.table) + sorted(set(shared.values()))
     return {
-        "metrics": experiment_metrics(PLAN.runs_of(PLAN.experiments_of_table(wildcards.table))),
+        "metrics": experiment_metrics(PLAN.runs_of(experiments)),
         "paper": paper_numbers(REGISTRY["tables"][wildcards.table]["paper"]),
         "registry": REGISTRY_FILE,
     }
 
 
+def shared_args(wildcards):
+    shared = shared_runs(wildcards.table)
+    return " ".join(f"{exp}:{ds}={other}" for (exp, ds), other in shared.items())
+
+
 def figure_outputs():
-    return [f"figures/{name}.png" for name in REGISTRY["figures"]]
+    return [f"{OUT}/figures/{name}.png" for name in REGISTRY["figures"]]
+
+
+def published_figures():
+    return [f"figures/{name}.png" for name in REGISTRY["figures"]] if WF["publish"] else []
 
 
 def paper_numbers(paper):

@@ -1,4 +1,5 @@
-# Figures, one house style (itrbench.report.figures), built from the experiments' metrics.json records.
+# Figures, one house style (itrbench.report.figures), built from the experiments' metrics.json records, under
+# results/<config name>/figures/. `figures` also publishes them to figures/ (config `publish`).
 
 
 localrules:
@@ -10,18 +11,37 @@ rule figure:
     input:
         unpack(figure_inputs),
     output:
-        report("figures/{figure}.png", caption="../report/figure.rst", category="Figures"),
+        report(f"{OUT}/figures/{{figure}}.png", caption="../report/figure.rst", category="Figures",
+               labels={"figure": "{figure}", "config": WF["name"]}),
     params:
         title=figure_caption,
+        seeds=PLAN.seeds,
+        name=WF["name"],
+        scale=WF["scale"],
     log:
-        "results/logs/figures/{figure}.log",
+        f"results/logs/{WF['name']}/figures/{{figure}}.log",
     conda:
         "../../environment.yml"
     shell:
         "itrbench figure {wildcards.figure} --registry {input.registry} --paper-numbers {input.paper}"
-        " --metrics {input.metrics} --out {output} > {log} 2>&1"
+        " --metrics {input.metrics} --seeds {params.seeds} --config-name {params.name} --scale {params.scale}"
+        " --out {output} > {log} 2>&1"
+
+
+if WF["publish"]:
+
+    rule publish_figure:
+        # The committed copy: only a config with `publish: true` (the default) writes figures/.
+        input:
+            f"{OUT}/figures/{{figure}}.png",
+        output:
+            "figures/{figure}.png",
+        localrule: True
+        shell:
+            "cp {input} {output}"
 
 
 rule figures:
     input:
         figure_outputs(),
+        published_figures(),

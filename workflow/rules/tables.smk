@@ -1,4 +1,5 @@
-# Tables: paper-reported next to reproduced (mean ± std over seeds) with the difference, markdown + csv.
+# Tables: paper-reported next to reproduced (mean ± std over seeds) with the difference: markdown, csv and the HTML
+# the report shows inline, under results/<config name>/tables/. `tables` also publishes them (config `publish`).
 
 
 localrules:
@@ -10,23 +11,42 @@ rule table:
     input:
         unpack(table_inputs),
     output:
-        md=report("tables/{table}.md", caption="../report/table.rst", category="Tables", subcategory="{table}"),
-        csv=report("tables/{table}.csv", caption="../report/table.rst", category="Tables", subcategory="{table}"),
+        md=f"{OUT}/tables/{{table}}.md",
+        csv=f"{OUT}/tables/{{table}}.csv",
+        html=report(f"{OUT}/tables/{{table}}.html", caption="../report/table.rst", category="Tables",
+                    labels={"table": "{table}", "config": WF["name"]}),
     params:
         seeds=PLAN.seeds,
         name=WF["name"],
         scale=WF["scale"],
         title=table_caption,
+        shared=shared_args,
     log:
-        "results/logs/tables/{table}.log",
+        f"results/logs/{WF['name']}/tables/{{table}}.log",
     conda:
         "../../environment.yml"
     shell:
         "itrbench table {wildcards.table} --registry {input.registry} --paper-numbers {input.paper}"
-        " --metrics {input.metrics} --seeds {params.seeds} --config-name {params.name} --scale {params.scale}"
-        " --md {output.md} --csv {output.csv} > {log} 2>&1"
+        " --metrics {input.metrics} --shared {params.shared} --seeds {params.seeds} --config-name {params.name}"
+        " --scale {params.scale} --md {output.md} --csv {output.csv} --html {output.html} > {log} 2>&1"
+
+
+if WF["publish"]:
+
+    rule publish_table:
+        # The committed copy: only a config with `publish: true` (the default) writes tables/.
+        input:
+            f"{OUT}/tables/{{table}}.{{ext}}",
+        output:
+            "tables/{table}.{ext}",
+        wildcard_constraints:
+            ext="md|csv",
+        localrule: True
+        shell:
+            "cp {input} {output}"
 
 
 rule tables:
     input:
         table_outputs(),
+        published_tables(),

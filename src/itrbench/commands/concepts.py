@@ -24,10 +24,10 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("concepts", help="build CODER's concept graph inputs from a training split")
     p.add_argument("--root", required=True, help="folder holding <dataset>_precomp/")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--split", default="train")
+    p.add_argument("--dataset", required=True, help="data set folder name, e.g. toy-f30k")
+    p.add_argument("--split", default="train", help="split whose captions give the concepts (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (vocab.txt, cooc.npy, freq.npy, adjacency.npy, word_vectors.npy, meta.json)")
-    p.add_argument("--num-concepts", type=int, default=400)
+    p.add_argument("--num-concepts", type=int, default=400, help="most frequent words kept as concepts (default: %(default)s)")
     p.add_argument("--word-vectors", default="minilm", help="'minilm' or the path of a GloVe .txt file")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images of the split")
     p.set_defaults(func=run)

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                    help="stage depths with --random-init (default 3,8,36,3 = ResNet-152)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:k]")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     p.set_defaults(func=run_global_features)
 

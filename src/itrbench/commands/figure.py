@@ -1,4 +1,4 @@
-"""`itrbench figure NAME`: one figure (PNG, house style) from experiment records."""
+"""`itrbench figure NAME`: one figure (PNG, house style) from experiment records, stamped with its provenance."""
 from __future__ import annotations
 
 
@@ -6,9 +6,9 @@ def run(args) -> int:
     import pandas as pd
 
     from itrbench.errors import ConfigError
-    from itrbench.report.figures import FIGURES, save_figure
+    from itrbench.report.figures import FIGURES, save_figure, stamp
     from itrbench.report.registry import load_registry
-    from itrbench.report.tables import load_paper_numbers, load_records
+    from itrbench.report.tables import header_line, load_paper_numbers, load_records
 
     if args.name not in FIGURES:
         raise ConfigError(f"figure '{args.name}': expected one of {', '.join(FIGURES)}")
@@ -18,6 +18,7 @@ def run(args) -> int:
     members = [n for n, e in registry["experiments"].items() if args.name in e["figures"]]
     records = records[records["experiment"].isin(members)]
     fig = FIGURES[args.name](records, paper, registry)
+    stamp(fig, header_line(args.config_name, args.scale, args.seeds, records["git_commit"].dropna().unique()))
     save_figure(fig, args.out)
     print(f"{args.name}: {records['record_dir'].nunique()} runs -> {args.out}")
     return 0
@@ -26,8 +27,12 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("figure", help="plot a paper figure (PNG) from experiment records")
     p.add_argument("name", help="figure name in the registry, e.g. coder_fig3_batch_size")
-    p.add_argument("--registry", default="workflow/experiments.yaml")
+    p.add_argument("--registry", default="workflow/experiments.yaml",
+                   help="experiment registry: which experiments each figure plots (default: %(default)s)")
     p.add_argument("--paper-numbers", nargs="+", required=True, help="paper-numbers CSV file(s) (workflow/paper/*.csv)")
     p.add_argument("--metrics", nargs="*", default=[], help="experiment records (metrics.json)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds the config runs, for the provenance line")
+    p.add_argument("--config-name", default="default", help="workflow config name, for the provenance line")
+    p.add_argument("--scale", default="toy", choices=["toy", "paper"], help="data scale, for the provenance line")
     p.add_argument("--out", required=True, help="output .png")
     p.set_defaults(func=run)

@@ -44,6 +44,6 @@ def register(sub) -> None:
     p.add_argument("--repo", default=".", help="repository root the config's relative paths start from")
     p.add_argument("--experiment", help="print the resolved run config of this experiment")
     p.add_argument("--dataset", help="logical data set of --experiment: f30k or coco")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed written into the run config (default: %(default)s)")
     p.add_argument("--out", help="write the run config here instead of printing it")
     p.set_defaults(func=run)

@@ -68,7 +68,7 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("toy", help="generate the ToyScenes data sets (precomp layout)")
     p.add_argument("--out", required=True, help="root folder; writes <out>/<dataset>_precomp/")
-    p.add_argument("--dataset", default="all", choices=["toy-f30k", "toy-coco", "all"])
+    p.add_argument("--dataset", default="all", choices=["toy-f30k", "toy-coco", "all"], help="which data set to generate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed (default 0)")
     p.add_argument("--config", default=None, help="YAML of generator options (sizes, difficulty knobs)")
     p.set_defaults(func=run)

@@ -56,6 +56,26 @@ def finish(fig, title: str, footer: str | None = None):
     return fig
 
 
+def stamp(fig, provenance: str) -> None:
+    """The provenance line (config, scale, commit, date, seeds) under the figure, as on top of every table."""
+    fig.text(0.01, -0.05, provenance, ha="left", va="top", fontsize="x-small", color="0.4", family="monospace")
+
+
+def legend_below(ax, ncol: int = 2) -> None:
+    """The legend under the panel, outside the axes, so it never covers data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=ncol, fontsize="small",
+                  title=None)
+
+
+def data_label(records: pd.DataFrame, protocol: str) -> str:
+    """The data a panel was made from, e.g. `toy-coco 5K`: the runs' data set folder and the protocol's size."""
+    size = {"f30k_1k": "1K", "coco_1k": "1K", "coco_5k": "5K"}[protocol]
+    names = sorted(set(records["dataset"])) if len(records) else []
+    return f"{'/'.join(names) or {'f30k_1k': 'Flickr30K', 'coco_1k': 'MSCOCO', 'coco_5k': 'MSCOCO'}[protocol]} {size}"
+
+
 def save_figure(fig, path) -> None:
     """Write a PNG atomically and free the figure."""
     with atomic_path(path, suffix=".png") as tmp:
@@ -131,21 +151,23 @@ def plot_coder_fig3_batch_size(records, paper, registry):
                             **(STYLE_ON if mdcl else STYLE_OFF))
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted(summary["batch"].unique()), labels=[str(b) for b in sorted(summary["batch"].unique())])
-            ax.legend()
-        ax.set_title(f"reproduced: {label}")
+            legend_below(ax)
+        ax.set_title(f"reproduced, {data_label(recs, 'f30k_1k')}\n{label}")
         ax.set_xlabel("mini-batch size")
         ax.set_ylabel(label)
         ax = axes[1, col]
         ref = paper[(paper["paper"] == "coder") & (paper["table"] == "fig3")].copy()
         ref["batch"] = [int(re.search(r"batch (\d+)", r).group(1)) for r in ref["row"]]
-        ref = ref.sort_values("batch")
-        ax.plot(ref["batch"], ref[m], label="w/o M-DCL (paper text)", **STYLE_PAPER)
+        ref = ref.sort_values("batch").dropna(subset=[m])
+        # only the batch sizes the paper gives a number for, as points: no line through one it does not give
+        ax.plot(ref["batch"], ref[m], label="w/o M-DCL (paper text)", marker="D", linestyle="none", color="0.35")
         ax.set_xscale("log", base=2)
         ax.set_xticks([32, 64, 128], labels=["32", "64", "128"])
-        ax.set_title(f"paper (Flickr30K): {label}")
+        ax.set_title(f"paper, Flickr30K 1K\n{label}")
+        ax.margins(y=0.3)
         ax.set_xlabel("mini-batch size")
         ax.set_ylabel(label)
-        ax.legend()
+        legend_below(ax)
     return finish(fig, "CODER Fig. 3: batch size with / without M-DCL", seeds_footer(recs))
 
 
@@ -169,9 +191,10 @@ def plot_coder_fig4_latency_recall(records, paper, registry):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("similarity throughput (Kpps, log scale)")
+        ax.set_xlabel("similarity throughput (Kpps = thousand\nimage-caption pairs scored per second, log scale)")
         ax.set_ylabel("R@sum")
-        ax.set_title(f"{part['dataset'].iloc[0]} ({main_protocol(ds)})")
+        ax.set_title(data_label(part, main_protocol(ds)))
+        ax.margins(x=0.25, y=0.2)  # room for the labels beside the points
     return finish(fig, "CODER Fig. 4: throughput vs recall", seeds_footer(recs))
 
 
@@ -189,13 +212,13 @@ def plot_coder_table4_k(records, paper, registry):
         summary = summarise(recs, ["K"], [m for m, _, _ in series])
         for m, label, color in series:
             ax.errorbar(summary["K"], summary[f"{m}_mean"], yerr=summary[f"{m}_std"], label=label, color=color, **STYLE_ON)
-        ax.legend()
-    ax.set_title("reproduced")
+        legend_below(ax)
+    ax.set_title(f"reproduced ({data_label(recs, 'f30k_1k')})")
     ax = axes[0, 1]
     for m, label, color in series:
         ax.plot(ref["K"], ref[m], label=label, color=color, marker="D", linestyle=":")
-    ax.set_title("paper (Flickr30K, Table 4)")
-    ax.legend()
+    ax.set_title("paper (Flickr30K 1K, Table 4)")
+    legend_below(ax)
     for ax in axes[0]:
         ax.set_xlabel("PGC clusters K (paper scale)")
         ax.set_ylabel("R@1")
@@ -219,14 +242,14 @@ def plot_ascl_fig3_samples(records, paper, registry):
             empty_panel(ax, "no runs yet")
         else:
             summary = summarise(part, [key], ["rsum"]).set_index(key).reindex([o for o in order if o in set(part[key])])
-            ax.bar(summary.index, summary["rsum_mean"], yerr=summary["rsum_std"], color=PALETTE[1], alpha=0.85)
-            lo = float((summary["rsum_mean"] - summary["rsum_std"]).min())
-            hi = float((summary["rsum_mean"] + summary["rsum_std"]).max())
-            pad = max(1.0, 0.15 * (hi - lo))
-            ax.set_ylim(max(0.0, lo - pad), hi + pad)  # differences are small: zoom in on them
+            # points with ± std intervals, not bars: the differences are small, and a bar must start at 0
+            ax.errorbar(list(summary.index), summary["rsum_mean"], yerr=summary["rsum_std"], fmt="o", color=PALETTE[1],
+                        capsize=4)
+            ax.margins(x=0.15, y=0.25)
         ax.set_title(title)
-        ax.set_ylabel("R@sum")
-    return finish(fig, "AsCL Fig. 3: generated samples", seeds_footer(recs))
+        ax.set_ylabel(f"R@sum ({data_label(recs, 'coco_5k') if (recs['dataset_key'] == 'coco').any() else data_label(recs, 'f30k_1k')})"
+                      if len(recs) else "R@sum")
+    return finish(fig, "AsCL Fig. 3: generated samples (mean ± std over seeds)", seeds_footer(recs))
 
 
 def read_alignment_uniformity(record_dir) -> dict:
@@ -262,8 +285,8 @@ def plot_ascl_fig4_alignment_uniformity(records, paper, registry):
         ax.set_title(title)
         ax.set_xlabel("")
         ax.set_ylabel("mean Euclidean distance")
-        ax.legend(title=None)
-    return finish(fig, "AsCL Fig. 4: alignment and uniformity (MSCOCO 5K)", seeds_footer(recs))
+        legend_below(ax)
+    return finish(fig, f"AsCL Fig. 4: alignment and uniformity ({data_label(recs, 'coco_5k')})", seeds_footer(recs))
 
 
 LENGTH_EDGES = [0, 7, 9, 11, 13, 16, 1000]  # words; buckets (0, 7], (7, 9], ... as in AsCL Fig. 5's short/long split
@@ -305,10 +328,10 @@ def plot_ascl_fig5_query_length(records, paper, registry):
                      for k, v in by_len.items()]
         sns.barplot(data=pd.DataFrame(rows), x="length", y="R@1", hue="label", order=LENGTH_LABELS, errorbar="sd",
                     ax=ax, palette=[PALETTE[1], PALETTE[7]])
-        ax.set_title(f"{part['dataset'].iloc[0]} ({main_protocol(ds)})")
+        ax.set_title(data_label(part, main_protocol(ds)))
         ax.set_xlabel("query length (words)")
         ax.set_ylabel("text-to-image R@1")
-        ax.legend(title=None)
+        legend_below(ax)
     return finish(fig, "AsCL Fig. 5: image retrieval by query length", seeds_footer(recs))
 
 
@@ -321,4 +344,4 @@ FIGURES = {
     "ascl_fig5_query_length": plot_ascl_fig5_query_length,
 }
 
-__all__ = ["FIGURES", "house_style", "new_figure", "save_figure", "finish", "summarise", "t2i_r1_by_length"]
+__all__ = ["FIGURES", "house_style", "new_figure", "save_figure", "finish", "stamp", "legend_below", "data_label", "summarise", "t2i_r1_by_length"]

@@ -24,7 +24,7 @@ from itrbench.utils import atomic_path
 
 __all__ = [
     "Run", "Plan", "config_hash", "load_registry", "load_workflow_config", "expand_env", "resolve_experiment",
-    "plan_runs", "run_config_text", "run_pointer_text", "write_experiment_record", "PROTOCOL_DATASET",
+    "plan_runs", "shared_runs", "run_config_text", "run_pointer_text", "write_experiment_record", "PROTOCOL_DATASET",
 ]
 
 METHODS = ("vsepp", "coder", "ascl")
@@ -300,6 +300,24 @@ def plan_runs(wf: dict, registry: dict, wf_source: str = "workflow config") -> P
             for seed in wf.get("seeds", [0]):
                 runs.append(Run(name, ds, config["data"]["dataset"], config["method"], int(seed), h, config))
     return Plan(runs, registry, [int(s) for s in wf.get("seeds", [0])])
+
+
+def shared_runs(wf: dict, registry: dict, plan: Plan, experiments, wf_source: str = "workflow config") -> dict:
+    """{(experiment, data set key): planned experiment} for each of `experiments` the plan does not run on a data
+    set where another planned experiment resolves to the same config (same hash): its table row reads that run."""
+    by_hash = {}
+    for r in plan.runs:
+        by_hash.setdefault((r.hash, r.dataset_key), r.experiment)
+    planned = {(r.experiment, r.dataset_key) for r in plan.runs}
+    out = {}
+    for name in experiments:
+        for ds in registry["experiments"][name]["datasets"]:
+            if ds not in wf["datasets"] or (name, ds) in planned:
+                continue
+            h = config_hash(resolve_experiment(wf, registry, name, ds, wf_source=wf_source))
+            if (h, ds) in by_hash:
+                out[(name, ds)] = by_hash[(h, ds)]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- run files
