@@ -240,25 +240,42 @@ def test_dag_logic_each_unique_run_trains_once_then_nothing_then_only_the_change
     assert all("coder/table2/row3/" in b for b in jobs_of(out, "experiment_record"))
 
 
+@pytest.mark.slow
 def test_tiny_dag(tmp_path):
-    """The whole DAG for real on the tiny config, through the tables (budget: 3 minutes on 2 cores)."""
-    wd = tmp_path / "wd"
-    rc, out = snakemake("--configfile", str(CONFIGS / "tiny.yaml"), "--cores", "2", "tables", "--directory", str(wd),
-                        "--show-failed-logs", env={"HF_HUB_OFFLINE": "1"})
-    assert rc == 0, out[-6000:]
+    """The whole DAG for real on the tiny config in a fresh clone, through tables and figures (about 3 minutes on 2
+    cores): its outputs go to results/tiny/, the committed tables/ and figures/ stay untouched, `git status` clean."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, capture_output=True)
+    cmd = [str(BIN / "snakemake"), "--cores", "2", "all", "--configfile", "workflow/config/tiny.yaml", "--show-failed-logs"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(clone / "src")}
+    run = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-6000:]
+    assert "itrbench: config tiny: tables in results/tiny/tables/, figures in results/tiny/figures/" in out
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True).stdout
+    assert status == "", status
+    wd = clone / "results" / "tiny"
     t1 = (wd / "tables" / "coder_table1.md").read_text()
-    assert re.search(r"\| CODER \| CODER \| paper \|.*\| 1/1 seeds \|", t1) and "| reported only |" in t1
-    assert re.search(r"\| VSE\+\+ \| VSE\+\+ \[10\] \(2018\) \| paper \|.*\| 1/1 seeds \|", t1)
+    assert re.search(r"\| CODER \| paper \|.*\| 1/1 seeds \|", t1) and "| reported only |" in t1
+    assert re.search(r"\| VSE\+\+ \[10\] \(2018\) \| paper \|.*\| 1/1 seeds \|", t1)
     a1 = (wd / "tables" / "ascl_table1.md").read_text()
-    assert re.search(r"\| AsCL \| AsCL \(OURS\) \| paper \|.*\| 1/1 seeds \|", a1)
-    assert "| not run |" in (wd / "tables" / "coder_table2.md").read_text()
-    runs = sorted((wd / "results" / "runs").glob("*/seed0/metrics.json"))
+    assert re.search(r"\| AsCL \(OURS\) \| paper \|.*\| 1/1 seeds \|", a1)
+    t2 = (wd / "tables" / "coder_table2.md").read_text()
+    # row 5 of CODER Table 2 is the full model: the same run as Table 1's CODER, read from there; rows 1-4 not run
+    assert "| not run |" in t2 and re.search(r"\| 5 \| paper \|.*\| 1/1 seeds \|", t2), t2
+    runs = sorted((clone / "results" / "runs").glob("*/seed0/metrics.json"))
     assert len(runs) == 6  # 3 experiments x 2 data sets, 1 seed; the trainer's hash is the folder's
     assert all(json.loads(p.read_text())["config_hash"] == p.parent.parent.name for p in runs)
     for name in ("coder_table1", "coder_table2", "coder_table3", "coder_table4", "ascl_table1", "ascl_table2"):
         assert (wd / "tables" / f"{name}.csv").read_text().startswith("# config=tiny scale=toy commit=")
-    rc, out = snakemake("--configfile", str(CONFIGS / "tiny.yaml"), "-n", "tables", "--directory", str(wd))
-    assert rc == 0 and "Nothing to be done" in out, out
+        assert "<table" in (wd / "tables" / f"{name}.html").read_text()
+    assert len(list((wd / "figures").glob("*.png"))) == len(reg.load_registry(clone / "workflow" / "experiments.yaml")["figures"])
+    logs = list((clone / "results" / "logs").rglob("*.log"))
+    assert logs and not any("\r" in p.read_text(errors="replace") for p in logs)  # no progress-bar lines in logs
+    dry = subprocess.run(cmd[:1] + ["-n", "all", "--configfile", "workflow/config/tiny.yaml"], cwd=clone, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
 
 
 def test_pin_gpu_gives_each_job_a_free_device(tmp_path):

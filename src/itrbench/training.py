@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,8 @@ class Trainer:
                              num_workers=cfg["num_workers"], drop_last=len(self.dataset) > cfg["batch_size"])
         self.model.train()
         sums, count = {}, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="batch", leave=False, mininterval=2)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="batch", leave=False, mininterval=2,
+                   disable=not sys.stderr.isatty())  # no carriage-return progress lines in a job's log file
         for batch in bar:
             batch = to_device(batch, self.device)
             self.model.before_step()
