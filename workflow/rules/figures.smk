@@ -36,9 +36,13 @@ if WF["publish"]:
             f"{OUT}/figures/{{figure}}.png",
         output:
             "figures/{figure}.png",
+        log:
+            "results/logs/publish/figures/{figure}.png.log",
         localrule: True
+        conda:
+            "../../environment.yml"
         shell:
-            "cp {input} {output}"
+            "cp {input} {output} 2> {log}"
 
 
 rule figures:

@@ -41,9 +41,13 @@ if WF["publish"]:
             "tables/{table}.{ext}",
         wildcard_constraints:
             ext="md|csv",
+        log:
+            "results/logs/publish/tables/{table}.{ext}.log",
         localrule: True
+        conda:
+            "../../environment.yml"
         shell:
-            "cp {input} {output}"
+            "cp {input} {output} 2> {log}"
 
 
 rule tables:
