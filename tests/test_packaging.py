@@ -37,3 +37,36 @@ def test_ci_runs_the_readme_test_command():
 def test_console_script_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["itrbench"] == "itrbench.cli:main"
+
+
+def test_cli_version_and_help_for_every_option(capsys):
+    import argparse
+
+    import pytest
+
+    from itrbench.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("itrbench ")
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing, f"options without help text: {', '.join(missing)}"
+
+
+def test_readme_lists_every_committed_figure_and_table():
+    readme = (ROOT / "README.md").read_text()
+    registry = yaml.safe_load((ROOT / "workflow" / "experiments.yaml").read_text())
+    for name in registry["figures"]:
+        assert f"figures/{name}.png" in readme, name
+    for name in registry["tables"]:
+        assert name in readme, name
+    for path in (ROOT / "figures").glob("*.png"):
+        assert f"figures/{path.name}" in readme, path.name
+    first_screen = "\n".join(readme.splitlines()[:45])
+    assert "pytest -q -m \"not slow\"" in first_screen and "--index-url https://download.pytorch.org/whl/cpu" in readme
