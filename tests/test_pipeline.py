@@ -263,7 +263,7 @@ def test_tiny_dag(tmp_path):
     assert re.search(r"\| AsCL \(OURS\) \| paper \|.*\| 1/1 seeds \|", a1)
     t2 = (wd / "tables" / "coder_table2.md").read_text()
     # row 5 of CODER Table 2 is the full model: the same run as Table 1's CODER, read from there; rows 1-4 not run
-    assert "| not run |" in t2 and re.search(r"\| 5 \| paper \|.*\| 1/1 seeds \|", t2), t2
+    assert "| not run |" in t2 and re.search(r"\| \+ L_PGC \(full CODER\) \| paper \|.*\| 1/1 seeds \|", t2), t2
     runs = sorted((clone / "results" / "runs").glob("*/seed0/metrics.json"))
     assert len(runs) == 6  # 3 experiments x 2 data sets, 1 seed; the trainer's hash is the folder's
     assert all(json.loads(p.read_text())["config_hash"] == p.parent.parent.name for p in runs)
@@ -301,3 +301,25 @@ def test_pin_gpu_gives_each_job_a_free_device(tmp_path):
     out = subprocess.run([sys.executable, "-m", "itrbench.cli", "pin-gpu", "--gpus", "2", *show],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "2 GPU(s) requested, 1 visible" in out.stderr
+
+
+def test_config_file_given_as_target_is_one_clear_line(tmp_path):
+    """`snakemake --cores 2 workflow/config/tiny.yaml` (a config where a target belongs): one line with the working order."""
+    rc, out = snakemake("-n", str(CONFIGS / "tiny.yaml"), "--directory", str(tmp_path))
+    assert rc != 0
+    assert f"{CONFIGS / 'tiny.yaml'} is a config file given as a target: write targets before --configfile" in out, out
+
+
+def test_outputs_are_per_config_and_only_default_publishes(tmp_path):
+    """tiny writes results/tiny/ only; the default config's `tables figures` also copy to tables/ and figures/."""
+    rc, out = snakemake("-n", "tables", "figures", "--configfile", str(CONFIGS / "tiny.yaml"), "--directory", str(tmp_path))
+    assert rc == 0, out
+    assert "publish_table" not in out and "publish_figure" not in out
+    assert "results/tiny/tables/coder_table1.html" in out and "results/tiny/figures/coder_fig3_batch_size.png" in out
+    rc, out = snakemake("-n", "tables", "figures", "--directory", str(tmp_path))
+    assert rc == 0, out
+    counts = job_counts(out)
+    registry = reg.load_registry(REPO / "workflow" / "experiments.yaml")
+    assert counts["publish_table"] == 2 * len(registry["tables"]) and counts["publish_figure"] == len(registry["figures"])
+    rc, out = snakemake("-n", "--directory", str(tmp_path))  # the default target `all` writes results/default/ only
+    assert rc == 0 and "publish_" not in out, out
