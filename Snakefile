@@ -18,17 +18,6 @@ include: "workflow/rules/common.smk"
 # `--configfile` takes several values, so a target written after it is read as a config file (Snakemake stops on
 # that before this file runs when the target is a folder, e.g. `tables`). Caught here: a config file written where a
 # target belongs. The targets are not known yet while this file is read, hence the command line itself.
-def config_files_given_as_targets(argv):
-    found, in_configfiles = [], False
-    for prev, arg in zip([""] + argv[:-1], argv):
-        if arg.startswith("-"):
-            in_configfiles = arg in ("--configfile", "--configfiles")
-        elif not in_configfiles and "=" not in arg and not (prev.startswith("-") and prev not in ("-n", "-p", "-F", "-f")):
-            if arg.endswith((".yaml", ".yml")) and os.path.isfile(arg):
-                found.append(arg)
-    return found
-
-
 for _target in config_files_given_as_targets(sys.argv[1:]) if os.path.basename(sys.argv[0]) == "snakemake" else []:
     raise WorkflowError(f"{_target} is a config file given as a target: write targets before --configfile, e.g. "
                         f"snakemake --cores 2 all --configfile {_target}")

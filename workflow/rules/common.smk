@@ -276,3 +276,15 @@ def table_caption(wildcards):
 
 def bench_outputs():
     return [f"results/bench/{p.stem}.txt" for p in sorted(Path(workflow.basedir, "bench").glob("*.py"))]
+
+
+# ------------------------------------------------------------------------------------------------- command line
+def config_files_given_as_targets(argv):
+    found, in_configfiles = [], False
+    for prev, arg in zip([""] + argv[:-1], argv):
+        if arg.startswith("-"):
+            in_configfiles = arg in ("--configfile", "--configfiles")
+        elif not in_configfiles and "=" not in arg and not (prev.startswith("-") and prev not in ("-n", "-p", "-F", "-f")):
+            if arg.endswith((".yaml", ".yml")) and os.path.isfile(arg):
+                found.append(arg)
+    return found
