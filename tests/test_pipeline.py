@@ -184,6 +184,7 @@ elif cmd == "concepts":
 elif cmd == "table":
     Path(opt("--md")).write_text("md")
     Path(opt("--csv")).write_text("csv")
+    Path(opt("--html")).write_text("html")
 else:
     sys.exit("unexpected command " + cmd)
 '''
