@@ -209,17 +209,26 @@ def test_tiny_training_run_loss_decreases_and_pgc_activates(tmp_path, concept_di
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     data = synthetic_data()
     g = torch.Generator().manual_seed(1)
-    epoch_losses = []
+    epoch_losses, pgc_losses = [], []
     for epoch in range(6):
-        losses = []
+        losses, pgc = [], []
         for idx in torch.randperm(64, generator=g).split(16):
             parts = step(model, opt, take(data, idx), epoch)
             losses.append(parts["loss"] - parts.get("l_pgc", 0.0))   # same terms every epoch
             assert ("l_pgc" in parts) == (epoch >= 1)                # PGC from the second epoch on
-        model.on_epoch_end(None, epoch)
+            pgc.append(parts.get("l_pgc", 0.0))
+        info = model.on_epoch_end(None, epoch)
+        assert info["pgc_points"] == 64
+        if epoch == 0:   # every cluster is new: its P^C row starts as pgc_init_scale x its unit prototype
+            rows = np.flatnonzero(model.pseudo.changed)
+            assert len(rows) == info["pgc_clusters_used"] > 1
+            assert torch.allclose(model.pgc_head.weight[rows], 10.0 * torch.as_tensor(model.pseudo.prototypes[rows]))
         epoch_losses.append(sum(losses) / len(losses))
+        pgc_losses.append(sum(pgc) / len(pgc))
         assert model.pseudo.ready and (model.pseudo.labels >= 0).all()
     assert epoch_losses[-1] < 0.8 * epoch_losses[0]
+    # stable pseudo labels: L_PGC ends well below chance, 2 ln K
+    assert pgc_losses[-1] < 0.6 * 2 * math.log(model.pgc_k), pgc_losses
     # the learned embeddings retrieve far above chance (1 in 16 images)
     model.eval()
     with torch.no_grad():
@@ -230,13 +239,19 @@ def test_tiny_training_run_loss_decreases_and_pgc_activates(tmp_path, concept_di
 
 
 def test_pgc_k_scaled_from_paper(tmp_path, concept_dir):
-    cfg = validate({"method": "coder", "data": {"dataset": "toy-coco"},
+    # the family comes from the run config, never from the data set's name
+    cfg = validate({"method": "coder", "data": {"dataset": "toy-f30k"},
                     "model": {"embed_dim": F, "aggregator": "mean"},
-                    "coder": {"concept_dir": concept_dir, "num_concepts": 6}})
+                    "coder": {"concept_dir": concept_dir, "num_concepts": 6, "paper_family": "coco"}})
     ctx = ModelContext(image_dim=D_IMG, text_dim=D_TXT, n_train_captions=56_643, work_dir=tmp_path)
     assert CODER(cfg, ctx).pgc_k == 2000                              # 20000 * 56,643 / 566,435
-    cfg["data"]["dataset"] = "toy-f30k"
+    cfg["coder"]["paper_family"] = "f30k"
     assert CODER(cfg, ctx).pgc_k == round(10000 * 56_643 / 145_000)
+    cfg["coder"]["paper_family"] = None
+    with pytest.raises(ConfigError, match="coder.paper_family"):
+        CODER(cfg, ctx)
+    cfg["coder"]["pgc_k"] = 9                                         # an explicit K needs no family
+    assert CODER(cfg, ctx).pgc_k == 9
 
 
 def test_builds_concepts_into_work_dir(tmp_path, monkeypatch):
@@ -262,7 +277,8 @@ def test_trainer_end_to_end_and_resume(tiny_run_config, tmp_path, concept_dir):
     from itrbench.training import Trainer, train_and_evaluate
 
     cfg = tiny_run_config(method="coder", train={"epochs": 2, "batch_size": 32, "lr": 2e-3},
-                          coder={"concept_dir": concept_dir, "num_concepts": 6, "queue_size": 64})
+                          coder={"concept_dir": concept_dir, "num_concepts": 6, "queue_size": 64,
+                                 "paper_family": "f30k"})
     full = train_and_evaluate(cfg, tmp_path / "full")
     m = full["protocols"]["f30k_1k"]
     # chance on 40 test images: R@1/5/10 ~ 2.5/12.5/25 per direction (rsum ~78); 24 steps only learn a little
@@ -279,3 +295,37 @@ def test_trainer_end_to_end_and_resume(tiny_run_config, tmp_path, concept_dir):
     torch.save(state, tmp_path / "resumed" / "checkpoint.pt")
     resumed = train_and_evaluate(cfg, tmp_path / "resumed")
     assert resumed["protocols"] == full["protocols"]
+
+
+def test_instance_and_concept_diversity_are_separate_switches(tmp_path, concept_dir):
+    """Table 3's `diversity` changes the instance-level terms only; L_DCL^C follows `concept_diversity`."""
+    batch = take(synthetic_data(), torch.arange(0, 64, 4))
+    parts = {}
+    for inst in ("explicit", "implicit"):
+        for conc in ("explicit", "implicit"):
+            model, _ = make_model(tmp_path, concept_dir, pgc=False, mdcl=False, memory_bank_diversity=False,
+                                  diversity=inst, concept_diversity=conc)
+            parts[inst, conc] = model.training_loss(batch, 0)[1]
+    assert parts["explicit", "explicit"]["l_concept"] == parts["implicit", "explicit"]["l_concept"]
+    assert parts["explicit", "implicit"]["l_concept"] == parts["implicit", "implicit"]["l_concept"]
+    assert parts["explicit", "explicit"]["l_concept"] != pytest.approx(parts["explicit", "implicit"]["l_concept"], rel=1e-4)
+    assert parts["explicit", "explicit"]["l_inst"] == parts["explicit", "implicit"]["l_inst"]
+    assert parts["explicit", "explicit"]["l_inst"] != pytest.approx(parts["implicit", "explicit"]["l_inst"], rel=1e-4)
+
+
+def test_table3_rows_differ_from_the_full_model_only_in_instance_level_keys():
+    from pathlib import Path
+
+    from itrbench.report import registry as reg
+
+    repo = Path(__file__).resolve().parents[1]
+    wf = reg.load_workflow_config(repo / "workflow/config/default.yaml", repo / "workflow/config/schema.yaml")
+    registry = reg.load_registry(repo / "workflow/experiments.yaml")
+    instance_keys = {"diversity", "mdcl", "memory_bank_diversity"}
+    full = reg.resolve_experiment(wf, registry, "coder/table1/coder", "f30k")
+    assert reg.resolve_experiment(wf, registry, "coder/table3/row6", "f30k") == full
+    for row in range(1, 6):
+        cfg = reg.resolve_experiment(wf, registry, f"coder/table3/row{row}", "f30k")
+        assert {k for k in cfg if cfg[k] != full[k]} == {"coder"}, row
+        changed = {k for k in cfg["coder"] if cfg["coder"][k] != full["coder"][k]}
+        assert changed and changed <= instance_keys, (row, changed)

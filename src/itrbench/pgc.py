@@ -2,6 +2,13 @@
 
 At the end of every epoch the normalised sums l2norm(v^I + w^I) of all training pairs seen in that epoch are
 clustered; each pair's cluster id is its pseudo label for the next epoch.
+
+Labels must keep their meaning from one epoch to the next, because the classifier P^C keeps what it learned
+for each id. So every clustering after the first starts from the previous centroids (warm start): centroid j
+begins where cluster j ended, and on unchanged features Lloyd's iterations stay at that fixed point, so every
+point keeps its id. A cluster whose members mostly carried another id last epoch (faiss re-seeds empty
+clusters by splitting big ones, or the features drifted) is reported as changed, and the model re-initialises
+its P^C row from the cluster's prototype (`prototype_rows`). See docs/coder.md, "PGC".
 """
 from __future__ import annotations
 
@@ -44,13 +51,16 @@ def job_threads() -> int:
 
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 0, threads: int | None = None,
-                     use_gpu: bool | None = None, nredo: int = 1) -> np.ndarray:
+                     use_gpu: bool | None = None, nredo: int = 1, init: np.ndarray | None = None,
+                     return_centroids: bool = False):
     """Cluster the rows of x (l2-normalised here) into k spherical clusters; returns int64 labels (n,).
 
     k is reduced to n when there are fewer points than clusters. faiss would warn below 39 points per
     centroid; the paper's own ratio (~14.5 on F30K) is below that, so the warning is switched off.
     nredo > 1 keeps the best of several random initialisations (faiss seeds centroids with random points,
-    which can leave two centroids in one true cluster).
+    which can leave two centroids in one true cluster). `init` (k, d) starts Lloyd's iterations from given
+    centroids instead (then nredo is 1): cluster j starts at init[j], so ids carry over.
+    With return_centroids, returns (labels, centroids (k, d) float32, unit rows).
     """
     import faiss
 
@@ -63,11 +73,30 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 0, thre
     if use_gpu is None:
         use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
     # min_points_per_centroid=1: fewer than 39 points per cluster is intended here (see docstring)
+    if init is not None:
+        init = np.ascontiguousarray(init, dtype=np.float32)
+        if init.shape != (k, x.shape[1]):
+            raise ValueError(f"spherical_kmeans: init centroids have shape {init.shape}, expected {(k, x.shape[1])}")
+        nredo = 1
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False, gpu=bool(use_gpu),
                       min_points_per_centroid=1, nredo=nredo)
-    km.train(x)
+    km.train(x, init_centroids=init)
     _, labels = km.index.search(x, 1)
-    return labels.reshape(-1).astype(np.int64)
+    labels = labels.reshape(-1).astype(np.int64)
+    return (labels, np.array(km.centroids, dtype=np.float32)) if return_centroids else labels
+
+
+def prototype_rows(labels: np.ndarray, feats: np.ndarray, k: int) -> np.ndarray:
+    """(k, d) unit-length mean of `feats` over each cluster's members (zeros for a cluster without members).
+
+    With P^C rows set to scale * prototype, P^C v^C starts as a nearest-prototype classifier whose logits are
+    scale * cosine similarities (the embeddings are unit length).
+    """
+    feats = np.asarray(feats, dtype=np.float32)
+    sums = np.zeros((k, feats.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, feats)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class PseudoLabels:
@@ -75,48 +104,82 @@ class PseudoLabels:
 
     Features are kept as a float32 (n_train_captions, F) array (COCO at F = 1024: 2.3 GB), allocated on first
     use. Pairs not seen in the last epoch (e.g. dropped by drop_last) get label -1 and are ignored by the loss.
+    With proto_dim, `collect` also takes the features the classifier reads (CODER: l2norm(v^C + w^C)), kept
+    in float16 (only their per-cluster means are used), and `recluster` leaves `self.prototypes` (k, proto_dim)
+    and `self.changed` (k,) bool: the clusters whose classifier row should be re-initialised.
+    A cluster counts as changed when it is new (first clustering) or fewer than `keep_if` of its members
+    carried its id in the previous labels.
     """
 
-    def __init__(self, n_captions: int, dim: int, k: int, niter: int = 25, seed: int = 0, nredo: int = 1):
+    def __init__(self, n_captions: int, dim: int, k: int, niter: int = 25, seed: int = 0, nredo: int = 1,
+                 proto_dim: int | None = None, keep_if: float = 0.5):
         self.n, self.dim, self.k, self.niter, self.seed = int(n_captions), int(dim), int(k), int(niter), int(seed)
-        self.nredo = int(nredo)
+        self.nredo, self.proto_dim, self.keep_if = int(nredo), proto_dim, float(keep_if)
         self.labels = np.full(self.n, -1, dtype=np.int64)   # used during the current epoch
+        self.centroids: np.ndarray | None = None            # (k, dim) of the last clustering: next warm start
+        self.prototypes: np.ndarray | None = None
+        self.changed = np.zeros(0, dtype=bool)
         self._feats: np.ndarray | None = None
+        self._protos: np.ndarray | None = None
         self._seen = np.zeros(self.n, dtype=bool)
 
     @property
     def ready(self) -> bool:
         return bool((self.labels >= 0).any())
 
-    def collect(self, caption_index, feats) -> None:
+    def collect(self, caption_index, feats, proto_feats=None) -> None:
         idx = np.asarray(caption_index, dtype=np.int64)
         if self._feats is None:
             self._feats = np.zeros((self.n, self.dim), dtype=np.float32)
         self._feats[idx] = np.asarray(feats, dtype=np.float32)
+        if self.proto_dim is not None:
+            if proto_feats is None:
+                raise ValueError("PseudoLabels.collect: proto_feats are required when proto_dim is set")
+            if self._protos is None:
+                self._protos = np.zeros((self.n, self.proto_dim), dtype=np.float16)
+            self._protos[idx] = np.asarray(proto_feats, dtype=np.float16)
         self._seen[idx] = True
 
     def recluster(self, epoch: int = 0) -> dict:
-        """Run k-means on the pairs seen this epoch, replace the labels, reset the collection."""
-        feats, seen = self._feats, self._seen
-        feats, seen = _all_reduce(feats, seen)
+        """Run k-means on the pairs seen this epoch (warm-started from the last centroids), replace the labels."""
+        feats, seen = _all_reduce(self._feats, self._seen)
+        protos = None if self._protos is None else _all_reduce(self._protos, self._seen)[0]
         labels = np.full(self.n, -1, dtype=np.int64)
         n_seen = int(seen.sum())
+        k = min(self.k, n_seen)
+        info = {"pgc_points": n_seen, "pgc_k": k, "pgc_clusters_used": 0, "pgc_same_label": 0.0, "pgc_reinit": 0}
+        self.changed = np.zeros(self.k, dtype=bool)
         if n_seen >= 2:
-            labels[seen] = spherical_kmeans(feats[seen], self.k, self.niter, seed=self.seed + epoch,
-                                            nredo=self.nredo)
+            warm = self.centroids if self.centroids is not None and self.centroids.shape[0] == k else None
+            labels[seen], centroids = spherical_kmeans(feats[seen], k, self.niter, seed=self.seed + epoch,
+                                                       nredo=self.nredo, init=warm, return_centroids=True)
+            prev = self.labels[seen]
+            new = labels[seen]
+            kept = prev == new
+            info["pgc_same_label"] = float(kept.mean())
+            info["pgc_clusters_used"] = int(len(np.unique(new)))
+            # per cluster: share of its members that already had its id
+            members = np.bincount(new, minlength=self.k)
+            stayed = np.bincount(new[kept], minlength=self.k)
+            self.changed = (members > 0) & (stayed < self.keep_if * members)
+            info["pgc_reinit"] = int(self.changed.sum())
+            self.centroids = centroids
+            if protos is not None:
+                self.prototypes = prototype_rows(new, protos[seen], self.k)
         self.labels = labels
         self._seen = np.zeros(self.n, dtype=bool)
-        used = int(len(np.unique(labels[seen]))) if n_seen else 0
-        return {"pgc_points": n_seen, "pgc_k": min(self.k, n_seen), "pgc_clusters_used": used}
+        return info
 
     def state(self) -> dict:
-        return {"labels": self.labels.copy(), "k": self.k}
+        return {"labels": self.labels.copy(), "k": self.k,
+                "centroids": None if self.centroids is None else self.centroids.copy()}
 
     def load_state(self, d: dict) -> None:
         labels = np.asarray(d["labels"], dtype=np.int64)
         if labels.shape != (self.n,):
             raise ValueError(f"pseudo-label state holds {labels.shape[0]} labels, expected {self.n}")
         self.labels = labels
+        self.centroids = None if d.get("centroids") is None else np.asarray(d["centroids"], dtype=np.float32)
 
 
 def _all_reduce(feats, seen):

@@ -1,8 +1,12 @@
 """AsCL's generated samples (SPEC §4.3): negatives from word features, positives from caption text.
 
-Negatives (Asymmetry-I) act on a batch of word features W (B, L, D) with a mask (B, L) that is True on real
-tokens. Padding rows are never touched, every random draw comes from the `torch.Generator` passed in (drawn
-on the CPU, so a seed gives the same samples on CPU and CUDA), and each caption gets one negative.
+Negatives (Asymmetry-I): `gaussian`, `cutoff` and `dropout` act on a batch of word features W (B, L, D) with a
+mask (B, L) that is True on real tokens. Padding rows are never touched, every random draw comes from the
+`torch.Generator` passed in (drawn on the CPU, so a seed gives the same samples on CPU and CUDA), and each
+caption gets one negative. `shuffle` is different: the fusion pools word features without positions, so
+permuting token rows after the encoder would give back the positive's score. The caption's *words* are
+permuted before the text encoder instead (`shuffled_text`), and the encoded shuffle arrives as its own
+(words, mask) pair; in frozen text mode those texts are cached once per data set like the positives.
 
 Positives (Asymmetry-II / III) are new caption *texts*: `long` = the caption followed by another caption of
 the same image, `short` = the first half of its words. They are texts (not spliced features) so that a frozen
@@ -42,17 +46,25 @@ def gaussian_noise(words: Tensor, mask: Tensor, generator: torch.Generator, std:
     return words + std * _randn(words.shape, generator, words.device).to(words.dtype) * _keep(mask, words)
 
 
-def token_shuffle(words: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
-    """Each caption's real tokens in a random order (padding stays where it is)."""
-    b, length = mask.shape
-    keys = _rand((b, length), generator, words.device).masked_fill(~mask, float("inf"))
-    src = keys.argsort(dim=1, stable=True)        # real positions in random order, then padding in order
-    pos = torch.arange(length, device=words.device, dtype=torch.float32).expand(b, length)
-    dst = pos.masked_fill(~mask, float("inf")).argsort(dim=1, stable=True)  # real positions in order, then padding
-    out = torch.empty_like(words)
-    index = lambda i: i.unsqueeze(-1).expand(-1, -1, words.shape[-1])  # noqa: E731
-    out.scatter_(1, index(dst), words.gather(1, index(src)))
-    return out
+def shuffled_text(caption: str, rng: np.random.Generator) -> str:
+    """The caption's words in a random order that differs from the original whenever it can.
+
+    A caption with fewer than 2 distinct words has no other order and comes back unchanged (its encoded
+    negative equals the positive and the α filter drops it).
+    """
+    words = caption.split()
+    if len(set(words)) < 2:
+        return " ".join(words)
+    while True:  # each draw keeps the original order with probability <= 1/2
+        out = [words[i] for i in rng.permutation(len(words))]
+        if out != words:
+            return " ".join(out)
+
+
+def shuffled_texts(texts: Sequence[str], seed: int = 0) -> list[str]:
+    """One word-shuffled text per input text, deterministic in `seed` (the cached `shuffle` negatives)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    return [shuffled_text(t, rng) for t in texts]
 
 
 def cutoff(words: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
@@ -80,29 +92,52 @@ def dropout(words: Tensor, mask: Tensor, generator: torch.Generator, p: float = 
     return (words * scale).masked_fill(drop, 0.0)
 
 
-def mixture(words: Tensor, mask: Tensor, generator: torch.Generator, std: float = 0.1, p: float = 0.1) -> Tensor:
-    """One of the four negatives per caption, chosen uniformly at random."""
+def _pad_to(words: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    extra = length - words.shape[1]
+    if extra <= 0:
+        return words, mask
+    return (torch.cat([words, words.new_zeros(words.shape[0], extra, words.shape[2])], 1),
+            torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], 1))
+
+
+def mixture(words: Tensor, mask: Tensor, generator: torch.Generator, shuffled: tuple[Tensor, Tensor],
+            std: float = 0.1, p: float = 0.1) -> tuple[Tensor, Tensor]:
+    """One of the four negatives per caption, chosen uniformly at random; returns (words, mask)."""
     choice = (_rand((words.shape[0],), generator, words.device) * 4).long().clamp_max(3)
     # every kind is drawn for the whole batch (fixed order of draws), then each caption keeps its own kind
-    outs = torch.stack([gaussian_noise(words, mask, generator, std), token_shuffle(words, mask, generator),
+    sw, sm = shuffled
+    length = max(words.shape[1], sw.shape[1])
+    words, mask = _pad_to(words, mask, length)
+    sw, sm = _pad_to(sw.to(words.dtype), sm.bool(), length)
+    outs = torch.stack([gaussian_noise(words, mask, generator, std), sw,
                         cutoff(words, mask, generator), dropout(words, mask, generator, p)])
-    return outs.gather(0, choice.view(1, -1, 1, 1).expand(1, *words.shape)).squeeze(0)
+    masks = torch.stack([mask, sm, mask, mask])
+    pick = choice.view(1, -1, 1)
+    out = outs.gather(0, pick.unsqueeze(-1).expand(1, *words.shape)).squeeze(0)
+    return out, masks.gather(0, pick.expand(1, *mask.shape)).squeeze(0)
 
 
 def generate_negatives(words: Tensor, mask: Tensor, kind: str, generator: torch.Generator, *,
-                       noise_std: float = 0.1, dropout_p: float = 0.1) -> Tensor:
-    """One generated negative per caption: words (B, L, D), mask (B, L) bool -> (B, L, D)."""
+                       noise_std: float = 0.1, dropout_p: float = 0.1,
+                       shuffled: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """One generated negative per caption: words (B, L, D), mask (B, L) bool -> (words (B, L', D), mask (B, L')).
+
+    `shuffled`: the projected word features and mask of each caption's word-shuffled text, needed by
+    `shuffle` and `mixture` (the only kind whose mask may differ from the caption's: re-tokenised text).
+    """
     mask = mask.bool()
+    if kind in ("shuffle", "mixture") and shuffled is None:
+        raise ConfigError(f"ascl.negatives: {kind!r} needs the encoded word-shuffled captions (shuffled=...)")
     if kind == "gaussian":
-        return gaussian_noise(words, mask, generator, noise_std)
+        return gaussian_noise(words, mask, generator, noise_std), mask
     if kind == "shuffle":
-        return token_shuffle(words, mask, generator)
+        return shuffled[0].to(words.dtype), shuffled[1].bool()
     if kind == "cutoff":
-        return cutoff(words, mask, generator)
+        return cutoff(words, mask, generator), mask
     if kind == "dropout":
-        return dropout(words, mask, generator, dropout_p)
+        return dropout(words, mask, generator, dropout_p), mask
     if kind == "mixture":
-        return mixture(words, mask, generator, noise_std, dropout_p)
+        return mixture(words, mask, generator, shuffled, noise_std, dropout_p)
     raise ConfigError(f"ascl.negatives: expected one of {', '.join(NEGATIVES[1:])}, got {kind!r}")
 
 

@@ -164,7 +164,10 @@ class Trainer:
                 self.dev.record(self.model, log, -1, 0)  # the untrained model: the curve's first point
             for epoch in range(self.start_epoch, cfg["epochs"]):
                 self.train_epoch(epoch, log)
-                self.model.on_epoch_end(self, epoch)
+                info = self.model.on_epoch_end(self, epoch)
+                if info:  # e.g. CODER's PGC clustering statistics, next to the epoch's losses
+                    log.write(json.dumps({"epoch": epoch, "step": self.step, "epoch_end": info}) + "\n")
+                    log.flush()
                 if self.dev is not None:
                     self.dev.record(self.model, log, epoch, self.step)
                 if (epoch + 1) % cfg["checkpoint_every"] == 0 or epoch + 1 == cfg["epochs"]:

@@ -13,6 +13,7 @@ import copy
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,11 +46,6 @@ class ConceptQuery(nn.Module):
         return l2norm(attn @ Y)
 
 
-def dataset_family(name: str) -> str:
-    """'coco' for COCO and toy-coco, else 'f30k': which paper K / caption count a data set scales from."""
-    return "coco" if "coco" in name.lower() else "f30k"
-
-
 @register_method("coder")
 class CODER(RetrievalModel):
     def __init__(self, config: dict, context: ModelContext):
@@ -62,7 +58,8 @@ class CODER(RetrievalModel):
         self.image = ImageEncoder(context.image_dim, dim, m["aggregator"], m["image_mlp"], m["gpo_dim"])
         self.text_side = TextSide(context.text_encoder)
         self.text = TextHead(context.text_dim, dim, m["aggregator"], m["gpo_dim"])
-        self.explicit = c["diversity"] == "explicit"
+        self.explicit = c["diversity"] == "explicit"                 # instance-level DCL terms (Table 3)
+        self.concept_explicit = c["concept_diversity"] == "explicit"  # L_DCL^C
         # MB only matters where an instance-level DCL term uses the diversity (not for BTR without M-DCL)
         self.use_mb = self.explicit and c["memory_bank_diversity"] and (c["instance_loss"] == "dcl" or c["mdcl"])
 
@@ -91,12 +88,16 @@ class CODER(RetrievalModel):
                 raise ConfigError("coder.pgc: needs the number of training captions (ModelContext.n_train_captions)")
             self.pgc_k = int(c["pgc_k"]) if c["pgc_k"] is not None else self._scaled_k(config, n)
             self.pgc_head = nn.Linear(dim, self.pgc_k, bias=False)  # P^C in R^{K x F}
-            self.pseudo = PseudoLabels(n, dim, self.pgc_k, c["pgc_niter"], seed=config["seed"])
+            self.pseudo = PseudoLabels(n, dim, self.pgc_k, c["pgc_niter"], seed=config["seed"], proto_dim=dim,
+                                       keep_if=c["pgc_reinit_below"])
 
     # ---- construction helpers ----
     @staticmethod
     def _scaled_k(config: dict, n_captions: int) -> int:
-        family = dataset_family(config["data"]["dataset"])
+        family = config["coder"]["paper_family"]
+        if family is None:
+            raise ConfigError("coder.paper_family: set f30k or coco (the paper K and caption count that K is scaled "
+                              "from), or give coder.pgc_k")
         paper_k = config["coder"]["pgc_k_paper"] or PAPER_K[family]
         return scaled_k(paper_k, n_captions, PAPER_CAPTIONS[family])
 
@@ -204,15 +205,16 @@ class CODER(RetrievalModel):
             if self.use_concepts:
                 vc, wc = self.concept_embed(v, w)
                 Sc = vc @ wc.T
-                dcv = diversity(Sc, ~same, eps) if self.explicit else None
-                dcw = diversity(Sc.T, ~same.T, eps) if self.explicit else None
+                dcv = diversity(Sc, ~same, eps) if self.concept_explicit else None
+                dcw = diversity(Sc.T, ~same.T, eps) if self.concept_explicit else None
                 l_c = dcl_loss(Sc, same, dcv, dcw, mu, gamma)
                 loss = loss + l_c
                 parts["l_concept"] = l_c.item()
 
             if self.use_pgc:
                 cap_idx = batch["caption_index"]
-                self.pseudo.collect(cap_idx.cpu().numpy(), l2norm(v.detach() + w.detach()).cpu().numpy())
+                self.pseudo.collect(cap_idx.cpu().numpy(), l2norm(v.detach() + w.detach()).cpu().numpy(),
+                                    l2norm(vc.detach() + wc.detach()).cpu().numpy())
                 if self.pseudo.ready:  # labels come from the previous epoch's clustering
                     z = torch.as_tensor(self.pseudo.labels[cap_idx.cpu().numpy()], device=v.device)
                     keep = z >= 0
@@ -240,10 +242,20 @@ class CODER(RetrievalModel):
             self._pending = None
 
     def on_epoch_end(self, trainer, epoch):
-        if self.use_pgc:
-            info = self.pseudo.recluster(epoch)
-            log.info("PGC after epoch %d: %s", epoch, info)
-            self.last_pgc = info
+        if not self.use_pgc:
+            return None
+        info = self.pseudo.recluster(epoch)
+        rows = np.flatnonzero(self.pseudo.changed)
+        if len(rows):
+            # a new or re-formed cluster: its old P^C row belonged to another group of pairs; start it as
+            # pgc_init_scale * (unit prototype of the cluster's concept embeddings), i.e. a cosine classifier
+            w = self.pgc_head.weight
+            with torch.no_grad():
+                w[torch.as_tensor(rows, device=w.device)] = (
+                    self.cfg["pgc_init_scale"] * torch.as_tensor(self.pseudo.prototypes[rows], device=w.device, dtype=w.dtype))
+        log.info("PGC after epoch %d: %s", epoch, info)
+        self.last_pgc = info
+        return info
 
     def extra_state(self):
         state = {}
