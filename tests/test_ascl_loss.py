@@ -4,10 +4,8 @@ import math
 import pytest
 import torch
 
-try:
-    from itrbench.losses import ascl_contrastive
-except ImportError:  # the package __init__ re-exports it; fall back while a teammate's module is missing
-    from itrbench.losses.ascl import ascl_contrastive
+from itrbench.losses import ascl_contrastive
+from itrbench.losses.ascl import alpha_keep
 
 
 def literal_loss(sims, gen, tau, same=None):
@@ -19,7 +17,7 @@ def literal_loss(sims, gen, tau, same=None):
         col = sum(math.exp(sims[m][a] / tau) for m in range(n) if m != a and not (same and same[m][a]))
         row = sum(math.exp(sims[a][m] / tau) for m in range(n) if m != a and not (same and same[a][m]))
         if gen is not None:
-            row += sum(math.exp(g / tau) for g in gen[a] if not g > sims[a][a])  # alpha = 0 where it outscores
+            row += sum(math.exp(g / tau) for g in gen[a] if g < sims[a][a] - 1e-6)  # alpha = 0 where it outscores or ties
         total += -math.log(pos / (pos + col)) - math.log(pos / (pos + row))
     return total / n
 
@@ -68,10 +66,10 @@ def test_matches_literal_implementation(seed):
 
 def test_alpha_is_a_hard_filter_without_gradient():
     sims = torch.tensor([[0.5, 0.2], [0.1, 0.4]], requires_grad=True)
-    gen = torch.tensor([[0.5, 0.6], [0.45, 0.0]], requires_grad=True)  # gen[0,0] ties the positive: kept
+    gen = torch.tensor([[0.5, 0.6], [0.45, 0.0]], requires_grad=True)  # gen[0,0] ties the positive: dropped
     ascl_contrastive(sims, gen, 0.1).backward()
-    assert gen.grad[0, 1] == 0 and gen.grad[1, 0] == 0      # dropped: no gradient at all
-    assert gen.grad[0, 0] > 0 and gen.grad[1, 1] > 0        # kept: pushed down
+    assert gen.grad[0, 0] == 0 and gen.grad[0, 1] == 0 and gen.grad[1, 0] == 0   # dropped: no gradient at all
+    assert gen.grad[1, 1] > 0                                # kept: pushed down
     assert sims.grad[0, 0] < 0 and sims.grad[1, 1] < 0      # positives pulled up
 
 
@@ -94,3 +92,16 @@ def test_bad_input():
         ascl_contrastive(torch.zeros(2, 2), None, 0.0)
     with pytest.raises(ValueError, match="gen_sims"):
         ascl_contrastive(torch.zeros(2, 2), torch.zeros(3, 2), 0.1)
+
+
+def test_alpha_drops_a_negative_that_ties_the_positive():
+    """A generated negative scoring like the positive (within 1e-6) is dropped, whatever the float rounding."""
+    sims = torch.tensor([[0.5, 0.1], [0.2, 0.4]], dtype=torch.float64)
+    without = ascl_contrastive(sims, torch.full((2, 1), -50.0, dtype=torch.float64), tau=0.1)
+    for delta in (0.0, 1e-7, -1e-7, -9e-7):                 # ties: exactly equal, or off by rounding-sized amounts
+        gen = torch.tensor([[0.5 + delta], [0.4 + delta]], dtype=torch.float64)
+        assert ascl_contrastive(sims, gen, tau=0.1).item() == pytest.approx(without.item(), abs=1e-12), delta
+        assert not alpha_keep(gen, sims.diagonal()).any()
+    gen = torch.tensor([[0.5 - 2e-6], [0.4 - 2e-6]], dtype=torch.float64)   # clearly below: kept
+    assert alpha_keep(gen, sims.diagonal()).all()
+    assert ascl_contrastive(sims, gen, tau=0.1).item() > without.item() + 0.5

@@ -48,9 +48,12 @@ def make_batch(n=8, seed=0, with_global=True, pos=False):
            "caption_index": torch.arange(n), "captions": [f"caption {i}" for i in range(n)]}
     if with_global:
         out["global"] = torch.randn(n, GLOB_DIM, generator=g)
+    # stand-ins for the encoded word-shuffled captions (what the `shuffle` negative reads)
+    out["shuf_tokens"], out["shuf_token_mask"] = tokens.flip(1) + 0.2, mask.flip(1)
     if pos:
         out["pos_tokens"] = tokens[:, : L - 2] + 0.1
         out["pos_token_mask"] = mask[:, : L - 2] | (torch.arange(L - 2) < 1)
+        out["pos_shuf_tokens"], out["pos_shuf_token_mask"] = out["pos_tokens"].flip(1), out["pos_token_mask"].flip(1)
     return out
 
 
@@ -162,22 +165,23 @@ def test_frozen_mode_positives_come_from_the_token_cache():
         calls.append((tag, list(texts)))
         return fake_features(texts)
 
-    ctx = context(train_split=SimpleNamespace(captions=captions, captions_per_image=5), token_cache_factory=factory)
+    ctx = context(train_split=SimpleNamespace(captions=captions, captions_per_image=5), token_cache_factory=factory,
+                  n_train_captions=10)
     model = AsCL(config(positives="short"), ctx)
     b = make_batch(4)
     b["caption_index"] = torch.tensor([7, 0, 3, 9])
     tokens, mask = model._positive_tokens(b)
     feats, lens = fake_features([" ".join(captions[i].split()[:3]) for i in (7, 0, 3, 9)])
-    assert [c[0] for c in calls] == ["ascl-short"]
+    assert [c[0] for c in calls] == ["caps", "ascl-short-n10"]   # the plain training cache, then the new texts
     assert mask.sum(1).tolist() == lens.tolist() == [3, 3, 3, 3]
     assert torch.allclose(tokens[:, :3], torch.from_numpy(feats[:, :3].astype(np.float32)))
     model._positive_tokens(b)
-    assert len(calls) == 1  # encoded once, then reused
+    assert len(calls) == 2  # encoded once, then reused
 
     both = AsCL(config(positives="both"), ctx)
     b["caption_index"] = torch.arange(10)
     tokens, mask = both._positive_tokens(b | {"regions": torch.zeros(10, K, IMG_DIM)})
-    assert set(c[0] for c in calls) == {"ascl-short", "ascl-long-s0"}
+    assert set(c[0] for c in calls) == {"caps", "ascl-short-n10", "ascl-long-s0-n10"}
     assert set(mask.sum(1).tolist()) == {3, 7}  # short: 3 words; long: 10 words, cut at the cache width L
 
 
@@ -241,7 +245,7 @@ def test_end_to_end_on_tiny_toy(tiny_run_config, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     means = [row["epoch_mean"]["loss"] for row in log if "epoch_mean" in row]
     assert len(means) == 2 and means[1] < means[0]
-    assert list(Path(cfg["text"]["cache_dir"]).glob("**/train.ascl-short.*.npy"))
+    assert list(Path(cfg["text"]["cache_dir"]).glob("**/train.ascl-short-n200.*.npy"))
 
     # Fig. 4 measures of the trained run, through the CLI the pipeline calls
     from itrbench.cli import main
@@ -253,16 +257,58 @@ def test_end_to_end_on_tiny_toy(tiny_run_config, tmp_path):
     assert 0 < au["alignment"]["image_text"] < 2 and 0 < au["uniformity"]["text"]["mean"] < 2
 
 
-def test_shuffled_words_score_like_their_caption():
-    """Documented limitation (docs/ascl.md): the fusion has no word order, so a `shuffle` negative made from
-    encoder outputs scores exactly like its source caption (up to float rounding)."""
+def test_generated_caches_encode_each_new_text_once_and_only_the_trained_captions():
+    """Frozen mode: a generated text equal to a training caption reads that caption's row of the plain cache; the
+    generated cache holds each remaining distinct text once, for the captions the run trains on only."""
+    captions = (["a b", "a b c d", "x y", "x y z", "k"] + [f"p{i} q r s" for i in range(5)]
+                + [f"u{i} v w" for i in range(5)])
+    calls = []
+
+    def factory(tag, texts):
+        calls.append((tag, list(texts)))
+        return fake_features(texts)
+
+    split = SimpleNamespace(captions=captions, captions_per_image=5)
+    model = AsCL(config(positives="short"), context(train_split=split, token_cache_factory=factory, n_train_captions=10))
+    b = make_batch(10)
+    b["caption_index"] = torch.arange(10)
+    tokens, mask = model._positive_tokens(b)
+    generated = dict(calls)["ascl-short-n10"]
+    # short("a b c d") = "a b" and short("x y z") = "x y" are captions; short("k") = "k" is itself;
+    # "p0 q" .. "p4 q" and "a" and "x" are new; the u-captions (images past the cap) are not generated at all
+    assert generated == ["a", "x", *[f"p{i} q" for i in range(5)]]
+    want, lens = fake_features([" ".join(c.split()[: -(-len(c.split()) // 2)]) for c in captions[:10]])
+    assert mask.sum(1).tolist() == lens.tolist()
+    assert torch.allclose(tokens, torch.from_numpy(want[:, : tokens.shape[1]].astype(np.float32)))
+    # shuffles: the words of each trained caption in another order; single-distinct-word captions are themselves
+    shuf = AsCL(config(negatives="shuffle", positives="none"), context(train_split=split, token_cache_factory=factory,
+                                                                       n_train_captions=10))
+    texts = shuf._texts("shuffle")
+    assert len(texts) == 10 and texts[4] == "k"
+    assert all(t != c and sorted(t.split()) == sorted(c.split()) for t, c in zip(texts, captions) if len(set(c.split())) > 1)
+    shuf._generated_tokens(b, "shuf_", ["shuffle"] * 10)
+    assert sorted(dict(calls)["ascl-shuffle-s0-n10"]) == sorted(t for t in texts if t not in captions)
+
+
+def test_shuffle_negative_changes_the_fused_score():
+    """The `shuffle` negative is the caption's words in another order, through the (contextual) text encoder: its
+    fused score differs from the caption's, so α compares two different numbers."""
+    from itrbench.text import TextEncoder
+
+    encoder = TextEncoder("minilm", 16, trainable=False)
+    captions = ["a man rides a red bike down the street", "two dogs play with a ball on grass"] * 5
+    split = SimpleNamespace(captions=captions, captions_per_image=5)
+    cfg = validate({"method": "ascl", "seed": 0, "model": {"embed_dim": 16}, "ascl": {"negatives": "shuffle"}})
     torch.manual_seed(0)
-    model = AsCL(config(negatives="shuffle"), context()).eval()
-    b = make_batch(6)
+    model = AsCL(cfg, ModelContext(image_dim=IMG_DIM, text_dim=encoder.hidden_size, global_dim=GLOB_DIM,
+                                   text_encoder=encoder, train_split=split, n_train_captions=10)).eval()
+    b = make_batch(2)
+    b["caption_index"] = torch.tensor([0, 1])
     with torch.no_grad():
         img = model.embed_images(b)
-        words, mask = model._project_words(b["tokens"], b["token_mask"])
-        shuffled = model._negatives(words, mask)
-        assert not torch.equal(shuffled, words)
-        same = model._train_scores(img, words, mask) - model._train_scores(img, shuffled, mask)
-    assert same.abs().max().item() < 1e-5
+        words, mask = model._project_words(*model.text_side({"captions": captions[:2]}))
+        shuf = model._project_words(*model._generated_tokens(b, "shuf_", ["shuffle"] * 2))
+        neg_words, neg_mask = model._negatives(words, mask, shuf)
+        diff = model._train_scores(img, words, mask) - model._train_scores(img, neg_words, neg_mask)
+    assert model._texts("shuffle")[0] != captions[0]
+    assert diff.abs().min().item() > 1e-4, diff     # far outside α's 1e-6 tie band

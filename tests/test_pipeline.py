@@ -259,7 +259,8 @@ def test_tiny_dag(tmp_path):
     wd = clone / "results" / "tiny"
     t1 = (wd / "tables" / "coder_table1.md").read_text()
     assert re.search(r"\| CODER \| paper \|.*\| 1/1 seeds \|", t1) and "| reported only |" in t1
-    assert re.search(r"\| VSE\+\+ \[10\] \(2018\) \| paper \|.*\| 1/1 seeds \|", t1)
+    assert re.search(r"\| VSE\+\+ \[10\] \(2018\) \| paper \|.*\| reported only \|", t1)
+    assert re.search(r"\| VSE∞ \(GPO \+ BTR\) \| paper \|.*\| 1/1 seeds \|", t1)
     a1 = (wd / "tables" / "ascl_table1.md").read_text()
     assert re.search(r"\| AsCL \(OURS\) \| paper \|.*\| 1/1 seeds \|", a1)
     t2 = (wd / "tables" / "coder_table2.md").read_text()

@@ -1,12 +1,14 @@
-"""AsCL's generated negatives (word features) and positives (caption texts)."""
+"""AsCL's generated negatives (word features; `shuffle` = word-shuffled texts) and positives (caption texts)."""
 from types import SimpleNamespace
+
+import numpy as np
 
 import pytest
 import torch
 
 from itrbench.errors import ConfigError, DataError
 from itrbench.samples import (NEGATIVE_KINDS, cutoff, dropout, gaussian_noise, generate_negatives,
-                              generated_positive_texts, long_partners, mixture, token_shuffle)
+                              generated_positive_texts, long_partners, mixture, shuffled_text, shuffled_texts)
 
 KINDS = [*NEGATIVE_KINDS, "mixture"]
 
@@ -26,16 +28,53 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+def encoded_shuffles(words, mask):
+    """Stand-in for the encoded word-shuffled captions: reversed real tokens (a re-encoded text in general)."""
+    out = words.clone()
+    for i in range(len(words)):
+        n = int(mask[i].sum())
+        out[i, :n] = words[i, :n].flip(0) + 0.5
+    return out, mask.clone()
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "shuffle"])
 def test_shape_padding_and_determinism(kind):
     words, mask = batch()
-    out = generate_negatives(words, mask, kind, gen(1), noise_std=0.3, dropout_p=0.3)
-    assert out.shape == words.shape and out.dtype == words.dtype
+    shuf = encoded_shuffles(words, mask)
+    out, out_mask = generate_negatives(words, mask, kind, gen(1), noise_std=0.3, dropout_p=0.3, shuffled=shuf)
+    assert out.shape == words.shape and out.dtype == words.dtype and torch.equal(out_mask, mask)
     assert torch.equal(out[~mask], words[~mask])                     # padding untouched
-    assert torch.equal(out, generate_negatives(words, mask, kind, gen(1), noise_std=0.3, dropout_p=0.3))
-    assert not torch.equal(out, generate_negatives(words, mask, kind, gen(2), noise_std=0.3, dropout_p=0.3))
+    again = generate_negatives(words, mask, kind, gen(1), noise_std=0.3, dropout_p=0.3, shuffled=shuf)[0]
+    assert torch.equal(out, again)
+    other = generate_negatives(words, mask, kind, gen(2), noise_std=0.3, dropout_p=0.3, shuffled=shuf)[0]
+    assert not torch.equal(out, other)
     assert not torch.equal(out[mask], words[mask])                   # it is a different caption
     assert torch.equal(words, batch()[0])                             # input not modified in place
+
+
+def test_shuffle_negative_is_the_encoded_shuffled_text():
+    words, mask = batch()
+    sw, sm = encoded_shuffles(words, mask)
+    sm[:, -1] = False                                                # re-tokenised text: its own mask
+    out, out_mask = generate_negatives(words, mask, "shuffle", gen(), shuffled=(sw, sm))
+    assert torch.equal(out, sw) and torch.equal(out_mask, sm)
+    with pytest.raises(ConfigError, match="shuffled"):
+        generate_negatives(words, mask, "shuffle", gen())
+    with pytest.raises(ConfigError, match="shuffled"):
+        generate_negatives(words, mask, "mixture", gen())
+
+
+def test_shuffled_text_permutes_the_words():
+    rng = np.random.default_rng(0)
+    for caption in ["a man rides a red bike", "two dogs", "dog dog cat", "x y z w v u"]:
+        for _ in range(20):
+            out = shuffled_text(caption, rng)
+            assert sorted(out.split()) == sorted(caption.split()) and out != caption
+    assert shuffled_text("dog dog dog", rng) == "dog dog dog"       # no other order exists
+    assert shuffled_text("single", rng) == "single"
+    caps = [f"the {i} quick brown fox" for i in range(50)]
+    assert shuffled_texts(caps, seed=0) == shuffled_texts(caps, seed=0)   # deterministic
+    assert shuffled_texts(caps, seed=0) != shuffled_texts(caps, seed=1)
 
 
 def test_gaussian_adds_noise_of_the_given_std():
@@ -43,18 +82,6 @@ def test_gaussian_adds_noise_of_the_given_std():
     delta = (gaussian_noise(words, mask, gen(), std=0.5) - words)[mask]
     assert delta.std().item() == pytest.approx(0.5, rel=0.05)
     assert abs(delta.mean().item()) < 0.02
-
-
-def test_shuffle_permutes_each_captions_real_tokens():
-    words, mask = batch()
-    out = token_shuffle(words, mask, gen(3))
-    moved = 0
-    for i in range(len(words)):
-        real, got = words[i][mask[i]], out[i][mask[i]]
-        # same multiset of rows: sort rows lexicographically by their first feature (continuous, distinct)
-        assert torch.equal(real[real[:, 0].argsort()], got[got[:, 0].argsort()])
-        moved += int(not torch.equal(real, got))
-    assert moved > len(words) // 2
 
 
 def test_cutoff_zeroes_one_token_or_one_feature():
@@ -85,11 +112,15 @@ def test_dropout_drops_with_p_and_rescales():
         dropout(words, mask, gen(), p=1.0)
 
 
-def classify(orig, out, mask, p):
+def classify(orig, shuf, out, mask, out_mask, p):
     """Which negative produced one caption's output (None if none fits)."""
-    real, got = orig[mask], out[mask]
-    if torch.equal(real[real[:, 0].argsort()], got[got[:, 0].argsort()]):
+    if torch.equal(out, shuf[0]) and torch.equal(out_mask, shuf[1]):
         return "shuffle"
+    width = len(mask)
+    if out_mask[width:].any() or not torch.equal(out_mask[:width], mask) or out[width:].any():
+        return None                                                  # the other kinds keep the caption's mask
+    out = out[:width]
+    real, got = orig[mask], out[mask]
     diff = got != real
     if (got[diff] == 0).all() and (diff.all(1).sum() == 1 or diff.all(0).sum() == 1):
         if diff.sum() in (real.shape[1], real.shape[0]):
@@ -104,8 +135,12 @@ def classify(orig, out, mask, p):
 
 def test_mixture_uses_each_kind_per_caption():
     words, mask = batch(b=120, length=6, dim=8)
-    out = mixture(words, mask, gen(6), std=0.3, p=0.3)
-    kinds = [classify(words[i], out[i], mask[i], 0.3) for i in range(len(words))]
+    sw, sm = encoded_shuffles(words, mask)
+    sw, sm = torch.cat([sw, torch.randn(120, 2, 8)], 1), torch.cat([sm, torch.zeros(120, 2, dtype=torch.bool)], 1)
+    sm[::3, 6] = True                                                # some shuffles are a token longer
+    out, out_mask = mixture(words, mask, gen(6), (sw, sm), std=0.3, p=0.3)
+    assert out.shape == (120, 8, 8) and out_mask.shape == (120, 8)
+    kinds = [classify(words[i], (sw[i], sm[i]), out[i], mask[i], out_mask[i], 0.3) for i in range(len(words))]
     assert None not in kinds
     assert set(kinds) == set(NEGATIVE_KINDS)
 

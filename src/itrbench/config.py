@@ -18,12 +18,12 @@ import yaml
 
 from itrbench.errors import ConfigError
 
-METHOD_SECTIONS = ("coder", "ascl")
+METHOD_SECTIONS = ("vsepp", "coder", "ascl")
 
 
 @lru_cache(maxsize=None)
 def run_schema() -> dict:
-    """The run schema with the method sections (`coder.yaml`, `ascl.yaml`) inlined."""
+    """The run schema with the method sections (`vsepp.yaml`, `coder.yaml`, `ascl.yaml`) inlined."""
     folder = resources.files("itrbench") / "schemas"
     schema = yaml.safe_load((folder / "run.yaml").read_text())
     for section in METHOD_SECTIONS:

@@ -230,6 +230,7 @@ def evaluate_run(config: dict, model, data: RunData, out_dir: Path, device, trai
         "dataset": d["dataset"],
         "method": config["method"],
         **metrics_entry(config, out_dir),
+        "config": config,  # every result-changing switch is a config key: the record carries all of them
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics

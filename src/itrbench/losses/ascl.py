@@ -4,15 +4,27 @@ For a batch of N pairs (I_n, T_n) with one generated negative caption T⁻_m per
 
     t2i_n = -log  e^{S(I_n,T_n)/τ} / Σ_m e^{S(I_m,T_n)/τ}                         (column n of sims)
     i2t_n = -log  e^{S(I_n,T_n)/τ} / ( Σ_m e^{S(I_n,T_m)/τ} + Σ_m α_nm e^{S(I_n,T⁻_m)/τ} )
-    α_nm  = 0 where S(I_n,T⁻_m) > S(I_n,T_n) (a "negative" that beats the positive is dropped), else 1
+    α_nm  = 0 where S(I_n,T⁻_m) > S(I_n,T_n) - 1e-6 (a "negative" that beats or ties the positive is dropped), else 1
 
 and L_I = mean_n (t2i_n + i2t_n). L_II&III is the same function applied to the generated positives.
-α is a hard 0/1 filter: it is a comparison, so no gradient flows through it.
+α is a hard 0/1 filter: it is a comparison, so no gradient flows through it. A generated negative that scores
+like the positive (within ALPHA_TIE = 1e-6, e.g. a shuffle of a caption with one distinct word) is dropped
+explicitly: without the tolerance float rounding alone would decide whether it counts.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+ALPHA_TIE = 1e-6
+
+
+def alpha_keep(gen_sims: Tensor, pos: Tensor) -> Tensor:
+    """α as a bool mask: gen_sims (N, M) [n, m] = S(I_n, T⁻_m), pos (N,) = S(I_n, T_n); True where kept, i.e.
+    S(I_n, T⁻_m) < S(I_n, T_n) - ALPHA_TIE (compared on detached scores in float32 or wider)."""
+    dtype = torch.promote_types(gen_sims.dtype, torch.float32)
+    return gen_sims.detach().to(dtype) < pos.detach().to(dtype)[:, None] - ALPHA_TIE
 
 
 def ascl_contrastive(sims: Tensor, gen_sims: Tensor | None, tau: float, same_image: Tensor | None = None) -> Tensor:
@@ -44,8 +56,8 @@ def ascl_contrastive(sims: Tensor, gen_sims: Tensor | None, tau: float, same_ima
     if gen_sims is not None and gen_sims.numel() > 0:
         if gen_sims.dim() != 2 or gen_sims.shape[0] != n:
             raise ValueError(f"ascl_contrastive: gen_sims must be ({n}, M), got {tuple(gen_sims.shape)}")
-        # strict '>' as in the paper; compared on detached raw scores (the filter is not differentiated)
-        dropped = gen_sims.detach() > sims.detach().diagonal()[:, None]
+        # the paper's '>' plus an explicit tie band; compared on detached scores (the filter is not differentiated)
+        dropped = ~alpha_keep(gen_sims, sims.diagonal())
         gen = (gen_sims.to(dtype) / tau).masked_fill(dropped, float("-inf"))
         row = torch.cat([row, gen], dim=1)
     i2t = torch.logsumexp(row, dim=1) - pos

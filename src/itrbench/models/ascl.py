@@ -4,12 +4,16 @@ Regions -> RegionProjection (linear + MLP residual) -> V (K, D); global feature 
 -> linear -> W (L, D). Scores come from `itrbench.scoring` (the fusion module and its batched scorer); the loss
 from `itrbench.losses.ascl`; generated negatives / positives from `itrbench.samples`. See docs/ascl.md.
 
-Generated positives reach the model in one of two ways (first match wins):
-  1. the batch carries them: `pos_tokens` (B, L', H) float + `pos_token_mask` (B, L') bool (frozen text mode),
-     or `pos_captions` list[str] (fine-tune mode);
-  2. otherwise the model makes them from `batch["caption_index"]`: it generates the positive texts of the
-     training split once (`samples.generated_positive_texts`) and, in frozen mode, has them encoded once per
-     data set through `context.token_cache_factory(tag, texts)`; in fine-tune mode it encodes the texts itself.
+Generated caption texts (positives, and the word-shuffled `shuffle` negatives) reach the model in one of two
+ways (first match wins), per prefix: `pos_` = positives, `shuf_` = shuffled captions, `pos_shuf_` = shuffled
+positives:
+  1. the batch carries them: `<prefix>tokens` (B, L', H) float + `<prefix>token_mask` (B, L') bool (frozen text
+     mode), or `<prefix>captions` list[str] (fine-tune mode);
+  2. otherwise the model makes them from `batch["caption_index"]`: it generates the texts of the training
+     captions it trains on once (`samples`) and, in frozen mode, has them encoded once per data set through
+     `context.token_cache_factory(tag, texts)`; in fine-tune mode it encodes the texts itself, on the fly.
+In frozen mode each distinct text is encoded once: a generated text equal to a training caption reads that
+caption's row of the plain cache ("caps"), and a generated cache holds only the remaining distinct texts.
 """
 from __future__ import annotations
 
@@ -18,11 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from itrbench.errors import ConfigError
-from itrbench.losses.ascl import ascl_contrastive
+from itrbench.losses.ascl import alpha_keep, ascl_contrastive
 from itrbench.losses.triplet import btr_loss
 from itrbench.models.base import ModelContext, RetrievalModel, register_method
 from itrbench.models.encoders import RegionProjection, TextSide, l2norm
-from itrbench.samples import generate_negatives, generated_positive_texts
+from itrbench.samples import generate_negatives, generated_positive_texts, shuffled_texts
 from itrbench.scoring import CrossAttentionFusion, fused_scores, training_scores
 
 _BLOCKS = {"cpu": (32, 64), "cuda": (256, 512)}  # (images, captions) per scorer block when the config says null
@@ -54,8 +58,9 @@ class AsCL(RetrievalModel):
             self.global_proj = self.fusion = None
         self.generator = torch.Generator().manual_seed(int(config["seed"]) + 7919)
         self._context = context
-        self._positive_texts: dict[str, list[str]] = {}
-        self._positive_cache: dict[str, tuple] = {}
+        self._set_texts: dict[str, list[str]] = {}
+        self._set_cache: dict[str, tuple] = {}
+        self._plain_cache: tuple | None = None
 
     # ---------------------------------------------------------------------------------- encoders
     def embed_images(self, batch: dict) -> dict:
@@ -108,17 +113,19 @@ class AsCL(RetrievalModel):
             return img["pooled"] @ l2norm(masked_mean(words, mask)).T
         return training_scores(self.fusion, img["regions"], img["glob"], words, mask)
 
-    def _negatives(self, words: Tensor, mask: Tensor) -> Tensor:
+    def _negatives(self, words: Tensor, mask: Tensor, shuffled: tuple[Tensor, Tensor] | None = None):
+        """(words, mask) of one generated negative per caption; `shuffled` = projected word-shuffled captions."""
         return generate_negatives(words, mask, self.opts["negatives"], self.generator,
-                                  noise_std=self.opts["noise_std"], dropout_p=self.opts["dropout_p"])
+                                  noise_std=self.opts["noise_std"], dropout_p=self.opts["dropout_p"], shuffled=shuffled)
 
-    def _objective(self, img: dict, words: Tensor, mask: Tensor, same: Tensor | None) -> tuple[Tensor, float]:
+    def _objective(self, img: dict, words: Tensor, mask: Tensor, same: Tensor | None,
+                   shuffled: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, float]:
         """L_I (or L_II&III for generated positives) of one batch; also the share of generated negatives kept."""
         sims = self._train_scores(img, words, mask)
         gen = None
         if self.opts["negatives"] != "none":
-            gen = self._train_scores(img, self._negatives(words, mask), mask)  # gen[n, m] = S(I_n, T⁻_m)
-        kept = 1.0 if gen is None else float((gen.detach() <= sims.detach().diagonal()[:, None]).float().mean())
+            gen = self._train_scores(img, *self._negatives(words, mask, shuffled))  # gen[n, m] = S(I_n, T⁻_m)
+        kept = 1.0 if gen is None else float(alpha_keep(gen, sims.diagonal()).float().mean())
         if self.opts["loss"] == "contrastive":
             return ascl_contrastive(sims, gen, self.opts["tau"], same), kept
         return self._triplet(sims, gen, same), kept
@@ -132,7 +139,7 @@ class AsCL(RetrievalModel):
         loss = btr_loss(sims, same, margin, reduction="mean")
         if gen is not None:
             pos = sims.float().diagonal()[:, None]
-            kept = gen.float().masked_fill(gen.detach() > pos.detach(), float("-inf"))
+            kept = gen.float().masked_fill(~alpha_keep(gen, pos.squeeze(1)), float("-inf"))
             hardest = kept.amax(1, keepdim=True)
             loss = loss + torch.where(torch.isinf(hardest), 0.0, (margin + hardest - pos).clamp_min(0)).mean()
         return loss
@@ -144,36 +151,79 @@ class AsCL(RetrievalModel):
         if self.opts["exclude_same_image"] and "image_index" in batch:
             idx = batch["image_index"]
             same = idx[:, None] == idx[None, :]
-        loss_i, kept = self._objective(img, words, mask, same)
+        shuffles = self.opts["negatives"] in ("shuffle", "mixture")
+        shuf = self._project_words(*self._generated_tokens(batch, "shuf_", ["shuffle"] * len(words))) if shuffles else None
+        loss_i, kept = self._objective(img, words, mask, same, shuf)
         parts = {"l_i": float(loss_i.detach()), "neg_kept": kept}
         loss = loss_i
         if self.opts["positives"] != "none":
-            pos_words, pos_mask = self._project_words(*self._positive_tokens(batch))
-            loss_p, kept_p = self._objective(img, pos_words, pos_mask, same)
+            kinds = self._pick_kinds(len(words))
+            pos_words, pos_mask = self._project_words(*self._generated_tokens(batch, "pos_", kinds))
+            pos_shuf = (self._project_words(*self._generated_tokens(batch, "pos_shuf_", [f"{k}-shuffle" for k in kinds]))
+                        if shuffles else None)
+            loss_p, kept_p = self._objective(img, pos_words, pos_mask, same, pos_shuf)
             loss = 0.5 * loss_i + 0.5 * loss_p
             parts.update(l_pos=float(loss_p.detach()), pos_neg_kept=kept_p)
         parts["loss"] = float(loss.detach())
         return loss, parts
 
-    # -------------------------------------------------------------------------- generated positives
-    def _texts(self, kind: str) -> list[str]:
-        if kind not in self._positive_texts:
+    # ------------------------------------------------------------------ generated positives / shuffles
+    def _texts(self, name: str) -> list[str]:
+        """Texts of a generated set, one per training caption the run trains on (context.n_train_captions).
+
+        name: 'long' / 'short' (positives), 'shuffle' (the captions' words shuffled), 'long-shuffle' /
+        'short-shuffle' (the positives' words shuffled).
+        """
+        if name not in self._set_texts:
             split = self._context.train_split
             if split is None:
-                raise ConfigError("ascl.positives: no training split to generate positives from; "
-                                  "supply batch keys pos_tokens/pos_token_mask (frozen) or pos_captions (finetune)")
-            self._positive_texts[kind] = generated_positive_texts(split, kind, self.opts["positive_seed"])
-        return self._positive_texts[kind]
+                key = "ascl.negatives" if name.endswith("shuffle") else "ascl.positives"
+                raise ConfigError(f"{key}: no training split to generate the '{name}' texts from; supply batch keys "
+                                  "<prefix>tokens/<prefix>token_mask (frozen) or <prefix>captions (finetune)")
+            captions = list(split.captions)
+            n = int(self._context.n_train_captions or len(captions))
+            seed = self.opts["positive_seed"]
+            if name == "shuffle":
+                texts = shuffled_texts(captions[:n], seed)
+            elif name.endswith("-shuffle"):
+                texts = shuffled_texts(self._texts(name[: -len("-shuffle")]), seed)
+            else:
+                texts = generated_positive_texts(split, name, seed)[:n]
+            self._set_texts[name] = texts
+        return self._set_texts[name]
 
-    def _cache(self, kind: str) -> tuple:
-        if kind not in self._positive_cache:
+    def _cache(self, name: str) -> tuple:
+        """(plain cache, generated cache of the texts not among the training captions, source rows) of a set.
+
+        rows[i] >= 0: row of the plain caption cache; rows[i] < 0: row -rows[i] - 1 of the generated cache.
+        """
+        if name not in self._set_cache:
             factory = self._context.token_cache_factory
             if factory is None:
-                raise ConfigError("ascl.positives: frozen text mode needs context.token_cache_factory (or batch "
-                                  "keys pos_tokens/pos_token_mask) to encode the generated positives")
-            tag = f"ascl-{kind}-s{self.opts['positive_seed']}" if kind == "long" else f"ascl-{kind}"
-            self._positive_cache[kind] = factory(tag, self._texts(kind))
-        return self._positive_cache[kind]
+                key = "ascl.negatives" if name.endswith("shuffle") else "ascl.positives"
+                raise ConfigError(f"{key}: frozen text mode needs context.token_cache_factory (or batch keys "
+                                  f"<prefix>tokens/<prefix>token_mask) to encode the generated '{name}' texts")
+            texts = self._texts(name)
+            plain_texts = list(self._context.train_split.captions)
+            plain_row = {}
+            for i, t in enumerate(plain_texts):
+                plain_row.setdefault(t, i)
+            new: dict[str, int] = {}
+            rows = np.empty(len(texts), dtype=np.int64)
+            for i, t in enumerate(texts):
+                if t in plain_row:
+                    rows[i] = plain_row[t]
+                else:
+                    rows[i] = -new.setdefault(t, len(new)) - 1
+            if self._plain_cache is None:  # the run's own training cache: already built, only mapped
+                self._plain_cache = factory("caps", plain_texts)
+            plain = self._plain_cache
+            seed = self.opts["positive_seed"]
+            # the set's name, seed (not for `short`, which has none) and how many training captions it covers
+            tag = f"ascl-{name}" + ("" if name == "short" else f"-s{seed}") + f"-n{len(texts)}"
+            generated = factory(tag, list(new)) if new else None
+            self._set_cache[name] = (plain, generated, rows)
+        return self._set_cache[name]
 
     def _pick_kinds(self, n: int) -> list[str]:
         kind = self.opts["positives"]
@@ -184,21 +234,28 @@ class AsCL(RetrievalModel):
         return ["long" if c else "short" for c in coin.tolist()]
 
     def _positive_tokens(self, batch: dict) -> tuple[Tensor, Tensor]:
-        if "pos_tokens" in batch or "pos_captions" in batch:
-            return self.text_side(batch, prefix="pos_")
+        return self._generated_tokens(batch, "pos_", self._pick_kinds(len(batch["caption_index"])))
+
+    def _generated_tokens(self, batch: dict, prefix: str, names: list[str]) -> tuple[Tensor, Tensor]:
+        """Token features + mask of generated texts: batch keys with `prefix` if present, else set `names[b]`
+        of each batch caption (`caption_index`)."""
+        if prefix + "tokens" in batch or prefix + "captions" in batch:
+            return self.text_side(batch, prefix=prefix)
         index = batch["caption_index"].cpu().numpy()
-        kinds = self._pick_kinds(len(index))
         if self.text_side.encoder is not None:
-            texts = [self._texts(k)[i] for k, i in zip(kinds, index)]
-            return self.text_side({"pos_captions": texts}, prefix="pos_")
+            texts = [self._texts(k)[i] for k, i in zip(names, index)]
+            return self.text_side({prefix + "captions": texts}, prefix=prefix)
         device = batch["regions"].device
         rows, lengths = [], []
-        for i, k in zip(index, kinds):
-            feats, lens = self._cache(k)
-            rows.append(np.asarray(feats[i], dtype=np.float32))
-            lengths.append(int(lens[i]))
+        for i, k in zip(index, names):
+            plain, generated, src = self._cache(k)
+            r = int(src[i])
+            feats, lens = plain if r >= 0 else generated
+            r = r if r >= 0 else -r - 1
+            rows.append(np.asarray(feats[r], dtype=np.float32))
+            lengths.append(int(lens[r]))
         width = max(lengths)
-        tokens = torch.from_numpy(np.stack([r[:width] for r in rows])).to(device)
+        tokens = torch.from_numpy(np.stack([row[:width] for row in rows])).to(device)
         mask = torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
         return tokens, mask
 

@@ -1,4 +1,8 @@
-"""VSE++ baseline (Faghri et al. 2018) on the shared encoders: cosine similarity, hardest-negative triplet."""
+"""The dual-encoder baseline: cosine similarity, hardest-negative triplet (BTR) on the shared encoders.
+
+The method id `vsepp` is historical. With region features and GPO pooling this is VSE∞'s recipe (Chen et al.
+2021), not VSE++'s (ResNet grid features, mean pooling); tables and figures call it "VSE∞ (GPO + BTR)".
+"""
 from __future__ import annotations
 
 import torch
@@ -43,7 +47,7 @@ class DualEncoder(RetrievalModel):
 class VSEpp(DualEncoder):
     def __init__(self, config: dict, context: ModelContext):
         super().__init__(config, context)
-        self.margin = 0.2
+        self.margin = config["vsepp"]["margin"]
 
     def training_loss(self, batch, epoch):
         sims = self.encode_image(batch) @ self.encode_text(batch).T

@@ -25,7 +25,7 @@ from itrbench.utils import atomic_path  # noqa: E402
 
 PALETTE = sns.color_palette("colorblind")
 METHOD_COLORS = {"vsepp": PALETTE[7], "coder": PALETTE[0], "ascl": PALETTE[1]}
-METHOD_LABELS = {"vsepp": "VSE++", "coder": "CODER", "ascl": "AsCL"}
+METHOD_LABELS = {"vsepp": "VSE∞ (GPO + BTR)", "coder": "CODER", "ascl": "AsCL"}
 # Line styles for a switch that is on / off (e.g. M-DCL) and for paper-reported series.
 STYLE_ON = {"marker": "o", "linestyle": "-"}
 STYLE_OFF = {"marker": "s", "linestyle": "--"}

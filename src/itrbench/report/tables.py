@@ -169,7 +169,7 @@ def build_table(table: str, registry: dict, paper: pd.DataFrame, records: pd.Dat
     for row, exp in reporter.items():
         for protocol in dict.fromkeys(rows["protocol"]):
             if (row, protocol) not in printed and PROTOCOL_DATASET[protocol] in registry["experiments"][exp]["datasets"]:
-                line(row, row, protocol, {}, "not in the paper's table")
+                line(row, row, protocol, {}, registry["experiments"][exp].get("note") or "not in the paper's table")
     return pd.DataFrame(lines)
 
 
