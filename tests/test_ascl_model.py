@@ -286,7 +286,8 @@ def test_generated_caches_encode_each_new_text_once_and_only_the_trained_caption
     texts = shuf._texts("shuffle")
     assert len(texts) == 10 and texts[4] == "k"
     assert all(t != c and sorted(t.split()) == sorted(c.split()) for t, c in zip(texts, captions) if len(set(c.split())) > 1)
-    shuf._generated_tokens(b, "shuf_", ["shuffle"] * 10)
+    plain = {k: v for k, v in b.items() if not k.startswith("shuf_")}   # no stand-ins: from the cache
+    shuf._generated_tokens(plain, "shuf_", ["shuffle"] * 10)
     assert sorted(dict(calls)["ascl-shuffle-s0-n10"]) == sorted(t for t in texts if t not in captions)
 
 

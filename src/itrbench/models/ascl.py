@@ -239,10 +239,11 @@ class AsCL(RetrievalModel):
     def _generated_tokens(self, batch: dict, prefix: str, names: list[str]) -> tuple[Tensor, Tensor]:
         """Token features + mask of generated texts: batch keys with `prefix` if present, else set `names[b]`
         of each batch caption (`caption_index`)."""
-        if prefix + "tokens" in batch or prefix + "captions" in batch:
+        finetune = self.text_side.encoder is not None
+        if prefix + ("captions" if finetune else "tokens") in batch:
             return self.text_side(batch, prefix=prefix)
         index = batch["caption_index"].cpu().numpy()
-        if self.text_side.encoder is not None:
+        if finetune:
             texts = [self._texts(k)[i] for k, i in zip(names, index)]
             return self.text_side({prefix + "captions": texts}, prefix=prefix)
         device = batch["regions"].device
