@@ -273,8 +273,8 @@ def test_tiny_dag(tmp_path):
         assert (wd / "tables" / f"{name}.csv").read_text().startswith("# config=tiny scale=toy commit=")
         assert "<table" in (wd / "tables" / f"{name}.html").read_text()
     assert len(list((wd / "figures").glob("*.png"))) == len(reg.load_registry(clone / "workflow" / "experiments.yaml")["figures"])
-    logs = list((clone / "results" / "logs").rglob("*.log"))
-    assert logs and not any("\r" in p.read_text(errors="replace") for p in logs)  # no progress-bar lines in logs
+    logs = list((clone / "results" / "runs").glob("*/seed0/train.log"))
+    assert len(logs) == 6 and not any("\r" in p.read_text(errors="replace") for p in logs)  # no progress bars in training logs
     dry = subprocess.run(cmd[:1] + ["-n", "all", "--configfile", "workflow/config/tiny.yaml"], cwd=clone, env=env,
                          capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
