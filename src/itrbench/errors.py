@@ -11,3 +11,7 @@ class DataError(ItrbenchError):
 
 class ConfigError(ItrbenchError):
     """A config key is unknown, mistyped or out of range."""
+
+
+class TrainingError(ItrbenchError):
+    """Training diverged (non-finite loss or weights); nothing non-finite is ever saved."""

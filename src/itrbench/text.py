@@ -5,8 +5,12 @@ a local folder is used as is, and a hub id resolves only from the user's local H
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +71,91 @@ class TextEncoder(nn.Module):
 
 
 # ---- frozen token-feature cache: float16 (n_captions, max_length, H) memmap + int32 lengths ----
+# A third file, `<cache>.key`, holds the cache's key: a hash of the captions and of the encoder's identity. The
+# file name says which data set / split / encoder it is for; only the key says it is for *these* captions.
+
+@lru_cache(maxsize=None)
+def encoder_identity(name: str) -> str:
+    """Hash of the encoder's files (names, sizes, sampled content), so a replaced model folder is a new encoder."""
+    from itrbench.provenance import file_digest
+
+    path = resolve_encoder_path(name)
+    folder = Path(path) if Path(path).is_dir() else None
+    if folder is None:  # a hub id: its snapshot in the local cache, when there is one
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(name, "config.json")
+            folder = Path(hit).parent if isinstance(hit, str) else None
+        except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+            folder = None
+    h = hashlib.blake2b(name.encode(), digest_size=16)
+    if folder is not None:
+        for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            h.update(f.relative_to(folder).as_posix().encode() + b"=" + file_digest(f).encode() + b"\0")
+    return h.hexdigest()
+
+
+def text_cache_key(captions: list[str], encoder: str, max_length: int) -> str:
+    """Key of a frozen token cache: the exact caption texts (in order), the encoder's identity and the length."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{encoder_identity(encoder)}\0L{max_length}\0{len(captions)}\0".encode())
+    for c in captions:
+        h.update(c.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def key_path(cache_path: str | Path) -> Path:
+    return Path(cache_path).with_suffix(".key")
+
+
+def cache_is_current(cache_path: str | Path, key: str) -> bool:
+    """True when the cache files exist and were built from exactly these captions with this encoder."""
+    cache_path = Path(cache_path)
+    if not (cache_path.is_file() and cache_path.with_suffix(".len.npy").is_file()):
+        return False
+    try:
+        return json.loads(key_path(cache_path).read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _locked_atomic(path: Path):
+    """atomic_path whose temp file is flock-ed while it is written: an unlocked temp is a dead writer's."""
+    fds = []
+    try:
+        with atomic_path(path) as tmp:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield tmp
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def clean_stale_temps(cache_path: str | Path) -> list[Path]:
+    """Delete temp files of this cache left by a killed writer (kill -9 skips the cleanup); keep live ones."""
+    cache_path = Path(cache_path)
+    removed = []
+    for final in (cache_path, cache_path.with_suffix(".len.npy"), key_path(cache_path)):
+        for tmp in final.parent.glob(f".{final.name}.*"):
+            try:
+                fd = os.open(tmp, os.O_RDONLY)
+            except OSError:
+                continue  # renamed into place or removed meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another process is writing it right now
+            else:
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+            finally:
+                os.close(fd)
+    return removed
+
 
 def token_cache_path(cache_dir: str | Path, dataset: str, split: str, encoder: str, max_length: int, tag: str = "caps") -> Path:
     """One cache file per (data set, split, encoder, length, caption set); `tag` names a generated caption set."""
@@ -75,12 +164,15 @@ def token_cache_path(cache_dir: str | Path, dataset: str, split: str, encoder: s
 
 
 def cache_token_features(captions: list[str], encoder: TextEncoder, out_path: str | Path, batch_size: int = 256, device="cpu") -> Path:
-    """Encode every caption once and store the token features; lengths go to `<out>.len.npy`."""
+    """Encode every caption once and store the token features; lengths go to `<out>.len.npy`, the key to `<out>.key`."""
     out_path = Path(out_path)
     n, L, H = len(captions), encoder.max_length, encoder.hidden_size
     encoder = encoder.to(device).eval()
     len_path = out_path.with_suffix(".len.npy")
-    with atomic_path(out_path) as tmp, atomic_path(len_path) as tmp_len:
+    clean_stale_temps(out_path)
+    key = text_cache_key(captions, encoder.name, L)
+    key_path(out_path).unlink(missing_ok=True)  # features and key are replaced together: no key = stale
+    with _locked_atomic(out_path) as tmp, _locked_atomic(len_path) as tmp_len:
         feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, L, H))
         lengths = np.zeros(n, dtype=np.int32)
         # Encode in order of token length so a batch carries little padding (~1.5x faster on CPU).
@@ -97,6 +189,8 @@ def cache_token_features(captions: list[str], encoder: TextEncoder, out_path: st
         feats.flush()
         del feats
         np.save(tmp_len, lengths)
+    with _locked_atomic(key_path(out_path)) as tmp:
+        tmp.write_text(json.dumps({"key": key, "encoder": encoder.name, "max_length": L, "n_captions": n}) + "\n")
     return out_path
 
 

@@ -1,7 +1,8 @@
 """Generic trainer: one loop for every method; methods plug in through the RetrievalModel hooks.
 
-A run folder holds config.yaml (resolved), train_log.jsonl, checkpoint.pt (latest epoch, written atomically)
-and metrics.json. A killed run resumes from its checkpoint when started again with the same config.
+A run folder holds config.yaml (resolved), train_log.jsonl, checkpoint.pt (latest epoch, written atomically),
+metrics.json and provenance.json. A killed run resumes from its checkpoint when started again with the same config,
+data, text caches and code (itrbench.provenance); nothing in the folder changes before that decision is made.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,11 @@ from itrbench.config import config_hash, dump_yaml
 from itrbench.convergence import DevProbe, metrics_entry
 from itrbench.data.dataset import CaptionDataset, make_loader
 from itrbench.data.precomp import open_split
-from itrbench.errors import ConfigError
+from itrbench import provenance
+from itrbench.errors import ConfigError, TrainingError
 from itrbench.models.base import ModelContext, build_model
-from itrbench.text import TextEncoder, cache_token_features, load_token_cache, token_cache_path
+from itrbench.text import (TextEncoder, cache_is_current, cache_token_features, clean_stale_temps, load_token_cache,
+                           text_cache_key, token_cache_path)
 from itrbench.utils import atomic_path, git_commit, package_versions, resolve_device, seed_everything, write_json
 
 
@@ -48,6 +52,7 @@ class RunData:
     eval_cache: tuple | None
     text_encoder: object
     context: ModelContext
+    text_keys: dict = field(default_factory=dict)  # split role -> key of the frozen token cache it read
 
 
 def text_cache(config: dict, split, tag: str = "caps", captions: list[str] | None = None, device="cpu"):
@@ -55,7 +60,9 @@ def text_cache(config: dict, split, tag: str = "caps", captions: list[str] | Non
     t, d = config["text"], config["data"]
     captions = split.captions if captions is None else captions
     path = token_cache_path(t["cache_dir"], d["dataset"], split.split, t["encoder"], t["max_length"], tag)
-    if not path.is_file():
+    clean_stale_temps(path)
+    # keyed by the caption texts and the encoder: a file for this split with other captions is rebuilt, not reused
+    if not cache_is_current(path, text_cache_key(captions, t["encoder"], t["max_length"])):
         encoder = TextEncoder(t["encoder"], t["max_length"], trainable=False)
         cache_token_features(captions, encoder, path, t["batch_size"], device=device)
     return load_token_cache(path, len(captions))
@@ -82,7 +89,22 @@ def prepare(config: dict, work_dir: Path, device, need_train: bool = True) -> Ru
         device=device,
         token_cache_factory=(lambda tag, caps: text_cache(config, train_split, tag, caps, device)) if frozen else None,
     )
-    return RunData(train_split, eval_split, train_cache, eval_cache, encoder, context)
+    keys = {}
+    if frozen:
+        for role, split in (("train", train_split), ("eval", eval_split)):
+            if role == "eval" or need_train:
+                keys[role] = text_cache_key(split.captions, t["encoder"], t["max_length"])
+    return RunData(train_split, eval_split, train_cache, eval_cache, encoder, context, keys)
+
+
+def check_features(config: dict, data: RunData) -> None:
+    """Scan every feature row a run reads for NaN/inf (streamed, memory-mapped): fail before the first step.
+
+    `open_split` checks only the head of each file; a NaN further in would train a NaN model for days.
+    """
+    d = config["data"]
+    data.train_split.check_values(max_images=d["max_train_images"])
+    data.eval_split.check_values(max_images=d["max_eval_images"])
 
 
 def dev_probe(config: dict, device) -> DevProbe | None:
@@ -114,6 +136,9 @@ class Trainer:
         self.threads = set_threads(config)
         seed_everything(config["seed"])
         self.data = prepare(config, self.out_dir, self.device)
+        check_features(config, self.data)
+        self.provenance = provenance.record(config, self.data.train_split, self.data.eval_split, self.data.text_keys)
+        self.run_id = uuid.uuid4().hex
         self.dev = dev_probe(config, self.device)
         self.model = build_model(config, self.data.context).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.param_groups(config["train"]["lr"], config["train"]["text_lr_scale"]))
@@ -129,20 +154,46 @@ class Trainer:
         return self.out_dir / "checkpoint.pt"
 
     def save_checkpoint(self, epoch: int, wall: float) -> None:
+        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise TrainingError(f"{self.checkpoint_path}: not written: {name} holds NaN/inf after epoch {epoch + 1}")
         state = {
             "epoch": epoch, "step": self.step, "wall_seconds": wall, "config_hash": config_hash(self.config, ()),
+            "epochs": self.config["train"]["epochs"], "run_id": self.run_id, "provenance": self.provenance,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "extra": self.model.extra_state(), "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
 
-    def try_resume(self) -> bool:
+    def resumable_state(self) -> dict | None:
+        """The checkpoint to resume from, or None to train from scratch; writes nothing, raises on another config.
+
+        Resume only an unfinished run whose recorded inputs all match; a finished run (metrics written from this
+        very checkpoint) asked to train again trains afresh; a checkpoint of another config is refused.
+        """
         if not self.checkpoint_path.is_file():
-            return False
+            return None
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        if state["config_hash"] != config_hash(self.config, ()):
-            raise ConfigError(f"{self.checkpoint_path}: checkpoint was written with a different config; remove the run folder to retrain")
+        old = state.get("provenance")
+        if state.get("config_hash") != self.provenance["config_hash"]:
+            raise ConfigError(f"{self.checkpoint_path}: trained with a different config "
+                              f"({provenance.config_changes((old or {}).get('config'), self.config)}); "
+                              f"use another --out folder, or delete this one to retrain")
+        changes = provenance.input_changes(old, self.provenance)
+        if changes:
+            tqdm.write(f"{self.checkpoint_path}: not resuming, trained from other inputs: {'; '.join(changes)}; training from scratch")
+            return None
+        if provenance.was_evaluated(self.out_dir, state.get("run_id")):
+            tqdm.write(f"{self.checkpoint_path}: run already finished and evaluated; training again from scratch")
+            return None
+        return state
+
+    def try_resume(self) -> bool:
+        state = self.resumable_state()
+        if state is None:
+            return False
+        self.run_id = state["run_id"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.model.load_extra_state(state["extra"])
@@ -154,8 +205,9 @@ class Trainer:
     # ---- loop ----
     def train(self) -> None:
         cfg = self.config["train"]
-        (self.out_dir / "config.yaml").write_text(dump_yaml(self.config))
-        resumed = self.try_resume()
+        resumed = self.try_resume()  # may refuse: nothing in the run folder is touched before this
+        with atomic_path(self.out_dir / "config.yaml") as tmp:
+            tmp.write_text(dump_yaml(self.config))
         log_mode = "a" if resumed else "w"
         t0 = time.perf_counter()
         self.model.on_train_start(self)
@@ -185,11 +237,16 @@ class Trainer:
         sums, count = {}, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="batch", leave=False, mininterval=2,
                    disable=not sys.stderr.isatty())  # no carriage-return progress lines in a job's log file
-        for batch in bar:
+        for b, batch in enumerate(bar):
             batch = to_device(batch, self.device)
             self.model.before_step()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 loss, parts = self.model.training_loss(batch, epoch)
+            if not torch.isfinite(loss.detach()):
+                first = int(batch["caption_index"][0]) if "caption_index" in batch else "?"
+                raise TrainingError(f"{self.out_dir}: loss is {float(loss.detach())} at step {self.step + 1} (epoch {epoch + 1}, "
+                                    f"batch {b + 1} of {len(loader)}, first caption {first}); stopped before the update, "
+                                    f"no checkpoint written (lower train.lr or check the data)")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["grad_clip"]:
@@ -239,7 +296,9 @@ def evaluate_run(config: dict, model, data: RunData, out_dir: Path, device, trai
 def train_and_evaluate(config: dict, out_dir: str | Path) -> dict:
     trainer = Trainer(config, out_dir)
     trainer.train()
-    return evaluate_run(config, trainer.model, trainer.data, trainer.out_dir, trainer.device, trainer.train_wall_seconds)
+    metrics = evaluate_run(config, trainer.model, trainer.data, trainer.out_dir, trainer.device, trainer.train_wall_seconds)
+    provenance.write_evaluated(trainer.out_dir, trainer.provenance, trainer.run_id)
+    return metrics
 
 
 def load_trained(run_dir: str | Path):
@@ -250,12 +309,21 @@ def load_trained(run_dir: str | Path):
     config = load_config(run_dir / "config.yaml")
     device = resolve_device(config["device"])
     set_threads(config)
-    data = prepare(config, run_dir, device, need_train=False)
-    model = build_model(config, data.context).to(device)
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.is_file():
         raise ConfigError(f"{ckpt}: no checkpoint; train the run first")
     state = torch.load(ckpt, map_location=device, weights_only=False)
+    old = state.get("provenance")
+    if state.get("config_hash") != config_hash(config, ()):
+        raise ConfigError(f"{ckpt}: trained with a different config than {run_dir / 'config.yaml'} "
+                          f"({provenance.config_changes((old or {}).get('config'), config)}); retrain with `itrbench train`")
+    data = prepare(config, run_dir, device, need_train=False)
+    if old is not None:  # the model must have been trained on today's training data (eval data may change)
+        now = {"data": {"train": provenance.split_fingerprint(data.context.train_split)}}
+        changes = provenance.input_changes(old, now, parts=("data",))
+        if changes:
+            raise ConfigError(f"{ckpt}: trained from other inputs ({'; '.join(changes)}); retrain with `itrbench train`")
+    model = build_model(config, data.context).to(device)
     model.load_state_dict(state["model"])
     model.load_extra_state(state["extra"])
     return config, model, data, device, state.get("wall_seconds")
