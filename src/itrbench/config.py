@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import fnmatch
 import hashlib
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -72,12 +74,63 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
     return f"{source}: key '{where or '<top>'}': {error.message}"
 
 
+# YAML 1.2 numbers. PyYAML follows YAML 1.1, where `1e-3` (no dot) is a string, and Snakemake's `--config` parses
+# nested values with YAML's BaseLoader, where every scalar is a string: both are read as numbers where the schema
+# asks for one.
+_INT = re.compile(r"^[-+]?[0-9]+$")
+_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+
+
+def _types(schema: dict) -> set:
+    t = schema.get("type", [])
+    return set([t] if isinstance(t, str) else t)
+
+
+def _scalar(value: str, types: set):
+    text = value.strip()
+    if "integer" in types and _INT.match(text):
+        return int(text)
+    if "number" in types and _FLOAT.match(text):
+        return float(text) if not _INT.match(text) else int(text)
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "null" in types and text in ("null", "Null", "NULL", "~"):
+        return None
+    return value
+
+
+def coerce_to_schema(obj, schema: dict):
+    """A copy of `obj` with strings that spell a number/boolean/null converted where `schema` expects one."""
+    if isinstance(obj, str):
+        types = _types(schema)
+        return obj if not types or "string" in types else _scalar(obj, types)
+    if isinstance(obj, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: coerce_to_schema(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in obj.items()}
+    if isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        return [coerce_to_schema(v, schema["items"]) for v in obj]
+    return obj
+
+
+def check_globs(patterns: list[str], names, key: str, kind: str, source: str) -> None:
+    """Every glob must match at least one name: a typo must not silently select (or leave out) nothing."""
+    names = list(dict.fromkeys(names))
+    for pattern in patterns or []:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            # suggest names and the globs a user would write for them (`coco:ascl/*` for a typo `coco:acsl/*`)
+            globs = [f"{n[:i]}/*" for n in names for i in range(len(n)) if n[i] == "/"]
+            hint = difflib.get_close_matches(pattern, list(dict.fromkeys(names + globs)), n=1, cutoff=0.6)
+            raise ConfigError(f"{source}: {key}: '{pattern}' matches no {kind}"
+                              + (f" (did you mean '{hint[0]}'?)" if hint else f"; expected one of {', '.join(names[:8])}"
+                                 + (", ..." if len(names) > 8 else "")))
+
+
 def validate(config: dict, source: str = "<config>") -> dict:
     """Fill defaults and validate; raise ConfigError naming `source` and the key on the first problem."""
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(config).__name__}")
     schema = run_schema()
-    full = fill_defaults(config, schema)
+    full = fill_defaults(coerce_to_schema(config, schema), schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(full), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:

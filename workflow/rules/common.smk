@@ -5,12 +5,14 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # Import the package from this checkout (the rules' `itrbench` commands should be the same install: pip install -e .).
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
+from itrbench.config import check_globs, coerce_to_schema  # noqa: E402
 from itrbench.errors import ConfigError  # noqa: E402
 from itrbench.report import registry as reg  # noqa: E402
 from itrbench.text import token_cache_path  # noqa: E402
@@ -21,6 +23,11 @@ if not workflow.overwrite_configfiles:
 
 
 CONFIG_SOURCE = " + ".join([str(p) for p in workflow.configfiles] + (["--config"] if workflow.config_settings.config else []))
+
+# `--config seeds=[0,1]` arrives as strings (Snakemake parses nested values with YAML's BaseLoader), and PyYAML reads
+# `lr: 1e-3` as a string: read numbers as numbers wherever the schema asks for one.
+with open(os.path.join(workflow.basedir, "workflow", "config", "schema.yaml")) as _f:
+    config.update(coerce_to_schema(dict(config), yaml.safe_load(_f)))
 
 try:
     validate(config, "../config/schema.yaml")
@@ -37,6 +44,11 @@ try:
     WF = reg.expand_env(config, CONFIG_SOURCE)
     REGISTRY_FILE = repo_path(WF["experiments"])
     REGISTRY = reg.load_registry(REGISTRY_FILE)
+    # A misspelt `only` entry would select nothing and a dead `skip` glob drop nothing, both silently: refuse them.
+    check_globs(WF.get("only", []), REGISTRY["experiments"], "only", f"experiment in {WF['experiments']}", CONFIG_SOURCE)
+    check_globs(WF.get("skip", []), [f"{ds}:{name}" for name, exp in REGISTRY["experiments"].items()
+                                     for ds in exp["datasets"] if ds in WF["datasets"]],
+                "skip", "'<dataset>:<experiment>' of this config", CONFIG_SOURCE)
     PLAN = reg.plan_runs(WF, REGISTRY, CONFIG_SOURCE)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
@@ -288,3 +300,23 @@ def config_files_given_as_targets(argv):
             if arg.endswith((".yaml", ".yml")) and os.path.isfile(arg):
                 found.append(arg)
     return found
+
+
+# ------------------------------------------------------------------------------------------------- failures
+onerror:
+    # Every rule sends its command's output to a log file; a failed job's one-line `itrbench: error:` reason would
+    # stay there. Print it on the console under the rule's name.
+    for _main_log in log if isinstance(log, (list, tuple)) else [log]:
+        try:
+            _text = Path(_main_log).read_text(errors="replace")
+        except OSError:
+            continue
+        for _m in re.finditer(r"^Error in rule (\S+):\n(?:    .*\n)*?    log: (.*) \(check log file", _text, re.M):
+            for _job_log in _m.group(2).split(", "):
+                try:
+                    _lines = Path(_job_log).read_text(errors="replace").splitlines()
+                except OSError:
+                    continue
+                for _line in _lines:
+                    if _line.startswith("itrbench: error:"):
+                        print(f"rule {_m.group(1)} failed ({_job_log}): {_line}", file=sys.stderr)

@@ -69,7 +69,9 @@ def run(args) -> int:
         raise ConfigError(f"--gpus: expected an integer >= 1, got {args.gpus}")
     devices = visible_devices(args.ids)
     if len(devices) < args.gpus:
-        raise ConfigError(f"pin-gpu: {args.gpus} GPU(s) requested, {len(devices)} visible ({','.join(devices) or 'none'})")
+        raise ConfigError(f"pin-gpu: {args.gpus} GPU(s) requested, {len(devices)} visible ({','.join(devices) or 'none'}); "
+                          f"to train without a GPU set `resources: {{train: {{gpus: 0}}}}` in the workflow config "
+                          f"(or add --config 'resources={{train: {{gpus: 0}}}}') and keep `run: {{device: auto}}` or cpu")
     if len(devices) == args.gpus:  # the scheduler already gave this job its own devices
         chosen = devices
     else:
