@@ -23,7 +23,8 @@ rule run_config:
 
 rule train:
     # `itrbench train` trains, then evaluates every protocol of the config into metrics.json. checkpoint.pt is not a
-    # declared output, so a killed job leaves it behind and the re-run resumes from it.
+    # declared output, so a killed job leaves it behind and the re-run resumes from it when the config, data, text
+    # caches and code it records still match; a finished run whose job runs again (--forcerun, new data) retrains.
     input:
         unpack(train_inputs),
     output:
