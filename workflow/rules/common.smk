@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from itrbench.config import check_globs, coerce_to_schema  # noqa: E402
 from itrbench.errors import ConfigError  # noqa: E402
+from itrbench.joblogs import print_job_errors  # noqa: E402,F401  (train.smk's onerror)
 from itrbench.report import registry as reg  # noqa: E402
 from itrbench.text import token_cache_path  # noqa: E402
 
@@ -300,23 +301,3 @@ def config_files_given_as_targets(argv):
             if arg.endswith((".yaml", ".yml")) and os.path.isfile(arg):
                 found.append(arg)
     return found
-
-
-# ------------------------------------------------------------------------------------------------- failures
-onerror:
-    # Every rule sends its command's output to a log file; a failed job's one-line `itrbench: error:` reason would
-    # stay there. Print it on the console under the rule's name.
-    for _main_log in log if isinstance(log, (list, tuple)) else [log]:
-        try:
-            _text = Path(_main_log).read_text(errors="replace")
-        except OSError:
-            continue
-        for _m in re.finditer(r"^Error in rule (\S+):\n(?:    .*\n)*?    log: (.*) \(check log file", _text, re.M):
-            for _job_log in _m.group(2).split(", "):
-                try:
-                    _lines = Path(_job_log).read_text(errors="replace").splitlines()
-                except OSError:
-                    continue
-                for _line in _lines:
-                    if _line.startswith("itrbench: error:"):
-                        print(f"rule {_m.group(1)} failed ({_job_log}): {_line}", file=sys.stderr)

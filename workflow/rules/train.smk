@@ -43,3 +43,7 @@ rule train:
         "../../environment.yml"
     shell:
         "{params.itrbench} train --config {input.config} --out {params.run_dir} > {log} 2>&1"
+
+
+onerror:
+    print_job_errors(log)
