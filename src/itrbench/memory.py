@@ -8,12 +8,9 @@ from torch import Tensor, nn
 @torch.no_grad()
 def concat_all_gather(x: Tensor) -> Tensor:
     """Concatenate `x` from every DDP rank along dim 0 (as MoCo does); identity when not distributed."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    from itrbench.distributed import all_gather_cat
+
+    return all_gather_cat(x)
 
 
 @torch.no_grad()
@@ -46,10 +43,11 @@ class CoupledQueue(nn.Module):
         self.count = 0
 
     @torch.no_grad()
-    def enqueue(self, image_keys: Tensor, text_keys: Tensor, image_ids: Tensor) -> None:
-        image_keys = concat_all_gather(image_keys.detach())
-        text_keys = concat_all_gather(text_keys.detach())
-        image_ids = concat_all_gather(image_ids.detach().long().to(self.image_id.device))
+    def enqueue(self, image_keys: Tensor, text_keys: Tensor, image_ids: Tensor, gathered: bool = False) -> None:
+        """Write a batch of keys; under DDP the keys of every rank (gathered here unless `gathered`)."""
+        image_ids = image_ids.detach().long().to(self.image_id.device)
+        if not gathered:
+            image_keys, text_keys, image_ids = (concat_all_gather(t.detach()) for t in (image_keys, text_keys, image_ids))
         b = image_keys.shape[0]
         if b > self.size:  # a batch larger than the queue: only its newest items fit
             image_keys, text_keys, image_ids = image_keys[-self.size:], text_keys[-self.size:], image_ids[-self.size:]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from itrbench import distributed
 from itrbench.config import config_hash, dump_yaml
 from itrbench.convergence import DevProbe, metrics_entry
 from itrbench.data.dataset import CaptionDataset, make_loader
@@ -133,14 +134,17 @@ class Trainer:
         self.device = resolve_device(config["device"])
         if config["device"] == "cuda" and self.device.type != "cuda":
             raise ConfigError("device: 'cuda' requested but no CUDA device is visible")
+        self.world, self.device = distributed.setup(self.device)  # torchrun: one rank per process
         self.threads = set_threads(config)
         seed_everything(config["seed"])
-        self.data = prepare(config, self.out_dir, self.device)
-        check_features(config, self.data)
-        self.provenance = provenance.record(config, self.data.train_split, self.data.eval_split, self.data.text_keys)
-        self.run_id = uuid.uuid4().hex
-        self.dev = dev_probe(config, self.device)
-        self.model = build_model(config, self.data.context).to(self.device)
+        with distributed.main_first():  # rank 0 builds shared caches and concept files, the others reuse them
+            self.data = prepare(config, self.out_dir, self.device)
+            check_features(config, self.data)
+            self.provenance = provenance.record(config, self.data.train_split, self.data.eval_split, self.data.text_keys)
+            self.run_id = uuid.uuid4().hex
+            self.dev = dev_probe(config, self.device)
+            self.model = build_model(config, self.data.context).to(self.device)
+        distributed.broadcast_module(self.model)
         self.optimizer = torch.optim.Adam(self.model.param_groups(config["train"]["lr"], config["train"]["text_lr_scale"]))
         self.dataset = CaptionDataset(self.data.train_split, self.data.train_cache, max_images=config["data"]["max_train_images"])
         self.out_dir.mkdir(parents=True, exist_ok=True)  # only once every input opened cleanly
@@ -154,6 +158,8 @@ class Trainer:
         return self.out_dir / "checkpoint.pt"
 
     def save_checkpoint(self, epoch: int, wall: float) -> None:
+        if not self.world.is_main:  # the state is identical on every rank
+            return
         for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise TrainingError(f"{self.checkpoint_path}: not written: {name} holds NaN/inf after epoch {epoch + 1}")
@@ -206,12 +212,13 @@ class Trainer:
     def train(self) -> None:
         cfg = self.config["train"]
         resumed = self.try_resume()  # may refuse: nothing in the run folder is touched before this
-        with atomic_path(self.out_dir / "config.yaml") as tmp:
-            tmp.write_text(dump_yaml(self.config))
+        if self.world.is_main:
+            with atomic_path(self.out_dir / "config.yaml") as tmp:
+                tmp.write_text(dump_yaml(self.config))
         log_mode = "a" if resumed else "w"
         t0 = time.perf_counter()
         self.model.on_train_start(self)
-        with open(self.out_dir / "train_log.jsonl", log_mode) as log:
+        with open(self.out_dir / "train_log.jsonl" if self.world.is_main else os.devnull, log_mode) as log:
             if self.dev is not None and not resumed:
                 self.dev.record(self.model, log, -1, 0)  # the untrained model: the curve's first point
             for epoch in range(self.start_epoch, cfg["epochs"]):
@@ -224,6 +231,7 @@ class Trainer:
                     self.dev.record(self.model, log, epoch, self.step)
                 if (epoch + 1) % cfg["checkpoint_every"] == 0 or epoch + 1 == cfg["epochs"]:
                     self.save_checkpoint(epoch, self.wall_before + time.perf_counter() - t0)
+                    distributed.barrier()
         self.train_wall_seconds = self.wall_before + time.perf_counter() - t0
 
     def train_epoch(self, epoch: int, log) -> None:
@@ -231,12 +239,18 @@ class Trainer:
         lr = lr_at(self.config, epoch)
         for group, base in zip(self.optimizer.param_groups, self.model.param_groups(1.0, cfg["text_lr_scale"])):
             group["lr"] = lr * base["lr"]
-        loader = make_loader(self.dataset, cfg["batch_size"], shuffle=True, seed=self.config["seed"], epoch=epoch,
-                             num_workers=cfg["num_workers"], drop_last=len(self.dataset) > cfg["batch_size"])
+        drop_last = len(self.dataset) > cfg["batch_size"]
+        if self.world.size > 1:  # train.batch_size stays the global batch; each rank takes its slice
+            loader = distributed.make_sharded_loader(self.dataset, cfg["batch_size"], seed=self.config["seed"],
+                                                     epoch=epoch, world=self.world, num_workers=cfg["num_workers"],
+                                                     drop_last=drop_last)
+        else:
+            loader = make_loader(self.dataset, cfg["batch_size"], shuffle=True, seed=self.config["seed"], epoch=epoch,
+                                 num_workers=cfg["num_workers"], drop_last=drop_last)
         self.model.train()
         sums, count = {}, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="batch", leave=False, mininterval=2,
-                   disable=not sys.stderr.isatty())  # no carriage-return progress lines in a job's log file
+                   disable=not (sys.stderr.isatty() and self.world.is_main))  # no \r progress lines in job logs
         for b, batch in enumerate(bar):
             batch = to_device(batch, self.device)
             self.model.before_step()
@@ -249,6 +263,7 @@ class Trainer:
                                     f"no checkpoint written (lower train.lr or check the data)")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.model.parameters())
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
             self.optimizer.step()
@@ -263,7 +278,8 @@ class Trainer:
         log.write(json.dumps({"epoch": epoch, "step": self.step, "lr": lr, "epoch_mean": summary}) + "\n")
         log.flush()
         bar.close()
-        tqdm.write(f"epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+        if self.world.is_main:
+            tqdm.write(f"epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
 
 
 def evaluate_run(config: dict, model, data: RunData, out_dir: Path, device, train_wall_seconds: float | None) -> dict:
@@ -295,10 +311,16 @@ def evaluate_run(config: dict, model, data: RunData, out_dir: Path, device, trai
 
 def train_and_evaluate(config: dict, out_dir: str | Path) -> dict:
     trainer = Trainer(config, out_dir)
-    trainer.train()
-    metrics = evaluate_run(config, trainer.model, trainer.data, trainer.out_dir, trainer.device, trainer.train_wall_seconds)
-    provenance.write_evaluated(trainer.out_dir, trainer.provenance, trainer.run_id)
-    return metrics
+    try:
+        trainer.train()
+        if not trainer.world.is_main:  # rank 0 evaluates and writes metrics.json alone
+            return {}
+        metrics = evaluate_run(config, trainer.model, trainer.data, trainer.out_dir, trainer.device,
+                               trainer.train_wall_seconds)
+        provenance.write_evaluated(trainer.out_dir, trainer.provenance, trainer.run_id)
+        return metrics
+    finally:
+        distributed.cleanup()
 
 
 def load_trained(run_dir: str | Path):

@@ -29,6 +29,8 @@ def run(args) -> int:
 
     config = load_config(args.config, parse_sets(args.set))
     metrics = train_and_evaluate(config, args.out)
+    if not metrics:  # a torchrun rank other than 0: rank 0 evaluates and reports
+        return 0
     print(json.dumps({p: {k: round(v, 2) for k, v in m.items()} for p, m in metrics["protocols"].items()}))
     return 0
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from itrbench import distributed
 from itrbench.concepts import ConceptGCN, build_concepts, load_concepts
 from itrbench.errors import ConfigError
 from itrbench.losses.coder import dcl_directional, dcl_loss, diversity
@@ -162,10 +163,12 @@ class CODER(RetrievalModel):
     def training_loss(self, batch, epoch):
         c = self.cfg
         mu, gamma, eps = c["mu"], c["gamma"], c["eps"]
-        v, w = self.encode_image(batch), self.encode_text(batch)
-        ids = batch["image_index"]
+        v_local, w_local = self.encode_image(batch), self.encode_text(batch)
+        # under torchrun: the loss of the whole global batch on every rank (docs/pipeline.md, "Multi-GPU")
+        v, w = distributed.gather_with_grad(v_local), distributed.gather_with_grad(w_local)
+        ids = distributed.all_gather_cat(batch["image_index"])
         n = v.shape[0]
-        keys = self.encode_keys(batch) if self.use_keys else None
+        keys = tuple(map(distributed.all_gather_cat, self.encode_keys(batch))) if self.use_keys else None
         parts = {}
         # similarities in float32 even under bf16 autocast: mu * div can be ~0.05, bf16 would blur the logits
         with torch.autocast(v.device.type, enabled=False):
@@ -212,9 +215,12 @@ class CODER(RetrievalModel):
                 parts["l_concept"] = l_c.item()
 
             if self.use_pgc:
-                cap_idx = batch["caption_index"]
-                self.pseudo.collect(cap_idx.cpu().numpy(), l2norm(v.detach() + w.detach()).cpu().numpy(),
-                                    l2norm(vc.detach() + wc.detach()).cpu().numpy())
+                # each rank collects its own pairs (its rows of the global batch); recluster() merges the ranks'
+                mine = slice(distributed.world().rank * v_local.shape[0], (distributed.world().rank + 1) * v_local.shape[0])
+                self.pseudo.collect(batch["caption_index"].cpu().numpy(),
+                                    l2norm(v_local.detach().float() + w_local.detach().float()).cpu().numpy(),
+                                    l2norm(vc[mine].detach() + wc[mine].detach()).cpu().numpy())
+                cap_idx = distributed.all_gather_cat(batch["caption_index"])
                 if self.pseudo.ready:  # labels come from the previous epoch's clustering
                     z = torch.as_tensor(self.pseudo.labels[cap_idx.cpu().numpy()], device=v.device)
                     keep = z >= 0
@@ -238,13 +244,20 @@ class CODER(RetrievalModel):
 
     def after_step(self):
         if self._pending is not None:
-            self.queue.enqueue(*self._pending)
+            self.queue.enqueue(*self._pending, gathered=True)  # keys of the global batch already
             self._pending = None
 
     def on_epoch_end(self, trainer, epoch):
         if not self.use_pgc:
             return None
         info = self.pseudo.recluster(epoch)
+        if distributed.active():  # every rank clustered the same merged features; rank 0's result makes it exact
+            p = self.pseudo
+            p.labels, p.changed = distributed.broadcast_array(p.labels), distributed.broadcast_array(p.changed)
+            if p.centroids is not None:
+                p.centroids = distributed.broadcast_array(p.centroids)
+            if p.prototypes is not None:
+                p.prototypes = distributed.broadcast_array(p.prototypes)
         rows = np.flatnonzero(self.pseudo.changed)
         if len(rows):
             # a new or re-formed cluster: its old P^C row belonged to another group of pairs; start it as

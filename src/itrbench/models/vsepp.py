@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from itrbench import distributed
 from itrbench.losses.triplet import btr_loss
 from itrbench.models.base import ModelContext, RetrievalModel, register_method
 from itrbench.models.encoders import ImageEncoder, TextHead, TextSide
@@ -50,6 +51,7 @@ class VSEpp(DualEncoder):
         self.margin = config["vsepp"]["margin"]
 
     def training_loss(self, batch, epoch):
-        sims = self.encode_image(batch) @ self.encode_text(batch).T
-        loss = btr_loss(sims, same_image_mask(batch["image_index"]), self.margin)
+        # under torchrun: the global batch's loss on every rank (itrbench.distributed explains the gradient)
+        v, w = distributed.gather_with_grad(self.encode_image(batch)), distributed.gather_with_grad(self.encode_text(batch))
+        loss = btr_loss(v @ w.T, same_image_mask(distributed.all_gather_cat(batch["image_index"])), self.margin)
         return loss, {"loss": loss.item()}
