@@ -223,11 +223,14 @@ TABLE_FORMATS = ("md", "csv", "html")
 
 
 def table_outputs():
-    return [f"{OUT}/tables/{name}.{ext}" for name in REGISTRY["tables"] for ext in TABLE_FORMATS]
+    return [f"{OUT}/tables/{name}.{ext}" for name in REGISTRY["tables"] for ext in TABLE_FORMATS] + [
+        f"{OUT}/tables/claims.{ext}" for ext in ("md", "csv")
+    ]
 
 
 def published_tables():
-    return [f"tables/{name}.{ext}" for name in REGISTRY["tables"] for ext in ("md", "csv")] if WF["publish"] else []
+    names = [*REGISTRY["tables"], "claims"]
+    return [f"tables/{name}.{ext}" for name in names for ext in ("md", "csv")] if WF["publish"] else []
 
 
 _SHARED = {}
@@ -253,6 +256,24 @@ def table_inputs(wildcards):
 def shared_args(wildcards):
     shared = shared_runs(wildcards.table)
     return " ".join(f"{exp}:{ds}={other}" for (exp, ds), other in shared.items())
+
+
+def claim_experiments():
+    import yaml
+
+    with open(repo_path(WF["claims"])) as f:
+        return sorted({e for c in (yaml.safe_load(f) or {}).get("claims") or [] for e in c.get("toy") or {}})
+
+
+def claims_inputs(wildcards):
+    runs = PLAN.runs_of(claim_experiments())
+    return {
+        "metrics": experiment_metrics(runs),
+        "claims": repo_path(WF["claims"]),
+        "paper": [paper_numbers(p) for p in ("coder", "ascl")],
+        "registry": REGISTRY_FILE,
+        "data": sorted({data_ready(r.dataset) for r in runs}),  # captions give AsCL Fig. 5's query lengths
+    }
 
 
 def figure_outputs():

@@ -4,6 +4,7 @@
 
 localrules:
     table,
+    claims,
     tables,
 
 
@@ -40,6 +41,7 @@ if WF["publish"]:
         output:
             "tables/{table}.{ext}",
         wildcard_constraints:
+            table=one_of([*REGISTRY["tables"], "claims"]),
             ext="md|csv",
         log:
             "results/logs/publish/tables/{table}.{ext}.log",
@@ -48,6 +50,27 @@ if WF["publish"]:
             "../../environment.yml"
         shell:
             "cp {input} {output} 2> {log}"
+
+
+rule claims:
+    # One verdict per ablation claim of both papers (workflow/claims.yaml; docs/evaluation.md).
+    input:
+        unpack(claims_inputs),
+    output:
+        md=f"{OUT}/tables/claims.md",
+        csv=f"{OUT}/tables/claims.csv",
+    params:
+        seeds=PLAN.seeds,
+        name=WF["name"],
+        scale=WF["scale"],
+    log:
+        f"results/logs/{WF['name']}/tables/claims.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "itrbench claims --claims {input.claims} --registry {input.registry} --paper-numbers {input.paper}"
+        " --metrics {input.metrics} --seeds {params.seeds} --config-name {params.name} --scale {params.scale}"
+        " --md {output.md} --csv {output.csv} > {log} 2>&1"
 
 
 rule tables:

@@ -31,7 +31,9 @@ def run(args) -> int:
     records = load_records(args.metrics)
     table = build_table(args.name, registry, paper, records, args.seeds, shared=shared)
     header = header_line(args.config_name, args.scale, args.seeds, records["git_commit"].dropna().unique())
-    write_table(table, args.md, args.csv, registry["tables"][args.name].get("title", args.name), header, args.html)
+    # the Δ-to-paper line only at paper scale: toy numbers come from synthetic data
+    write_table(table, args.md, args.csv, registry["tables"][args.name].get("title", args.name), header, args.html,
+                show_delta=args.scale == "paper")
     counts = table["status"].value_counts().to_dict()
     outs = ", ".join(str(p) for p in (args.md, args.csv, args.html) if p)
     print(f"{args.name}: {len(table)} lines ({', '.join(f'{v} {k}' for k, v in counts.items())}) -> {outs}")

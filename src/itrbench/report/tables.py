@@ -82,10 +82,11 @@ def load_records(metrics_paths) -> pd.DataFrame:
                 "similarity_seconds": metrics.get("similarity_seconds"),
                 "train_wall_seconds": metrics.get("train_wall_seconds"),
                 "git_commit": metrics.get("git_commit"),
+                "converged": metrics.get("converged"),  # None: no dev split (itrbench.convergence)
                 "config": config,
             })
     columns = ["experiment", "dataset_key", "dataset", "method", "seed", "config_hash", "run_dir", "record_dir",
-               "protocol", *METRICS, "pairs_per_second", "similarity_seconds", "train_wall_seconds", "git_commit", "config"]
+               "protocol", *METRICS, "pairs_per_second", "similarity_seconds", "train_wall_seconds", "git_commit", "converged", "config"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -148,6 +149,9 @@ def build_table(table: str, registry: dict, paper: pd.DataFrame, records: pd.Dat
             out["status"] = NOT_RUN
         else:
             out["status"] = f"{got['seed'].nunique()}/{len(seeds)} seeds"
+            unconverged = int((got.drop_duplicates("seed")["converged"] == False).sum())  # noqa: E712 (None = unknown)
+            if unconverged:
+                out["status"] += f", {unconverged} not converged"
         out["n_seeds"] = int(got["seed"].nunique()) if not got.empty else 0
         paper_values = {**paper_values}
         paper_values["rsum"], out["rsum_paper_computed"] = paper_rsum(paper_values)
@@ -229,7 +233,7 @@ def _paper_cell(rec, m) -> str:
     return cell + COMPUTED_MARK if m == "rsum" and rec.get("rsum_paper_computed") else cell
 
 
-def display_frame(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def display_frame(df: pd.DataFrame, show_delta: bool = True) -> dict[str, pd.DataFrame]:
     """Per protocol heading, the table as printed: a Method column, a Source column (paper / reproduced / Δ), the
     metrics and the status; a reproduced line only for rows with runs. Markdown and the report's HTML share it."""
     metrics = [c[: -len("_paper")] for c in df.columns if c.endswith("_paper")]
@@ -245,22 +249,24 @@ def display_frame(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
                     mean, std = rec[f"{m}_mean"], rec[f"{m}_std"]
                     cells.append(_num(mean) + ("" if math.isnan(std) else f" ± {std:.1f}"))
                 lines.append(["", "reproduced", *cells, ""])
-                lines.append(["", "Δ", *(_num(rec[f"{m}_diff"], signed=True) for m in metrics), ""])
+                if show_delta:  # toy scale drops it: synthetic data against real data is no comparison
+                    lines.append(["", "Δ", *(_num(rec[f"{m}_diff"], signed=True) for m in metrics), ""])
         heading = protocol_heading(protocol, part["dataset"] if "dataset" in part else [])
         parts[heading] = pd.DataFrame(lines, columns=cols)
     return parts
 
 
-LEGEND = ("Reproduced = mean ± std over seeds (std needs two or more); Δ = reproduced − paper; `–` = not given; "
+LEGEND = ("Reproduced = mean ± std over seeds (std needs two or more); Δ = reproduced − paper (paper scale only); "
+          "`–` = not given; `not converged` = runs that failed the convergence rule (docs/evaluation.md); "
           f"R@sum = sum of the six recalls shown; `{COMPUTED_MARK}` = paper R@sum computed by the suite from the six "
           "paper recalls (the paper does not print it). Toy-scale numbers come from synthetic data and are not expected "
           "to match the paper's.")
 
 
-def to_markdown(df: pd.DataFrame, title: str, header: str) -> str:
+def to_markdown(df: pd.DataFrame, title: str, header: str, show_delta: bool = True) -> str:
     """Per protocol, up to three lines per row: paper, reproduced (mean ± std), Δ = reproduced − paper."""
     out = [f"# {title}", "", f"`{header}`", "", LEGEND, ""]
-    for heading, frame in display_frame(df).items():
+    for heading, frame in display_frame(df, show_delta).items():
         n_metrics = len(frame.columns) - 3
         out += [f"## {heading}", "", "| " + " | ".join(frame.columns) + " |",
                 "|" + "|".join(["---", "---"] + ["---:"] * n_metrics + ["---"]) + "|"]
@@ -272,13 +278,13 @@ def to_markdown(df: pd.DataFrame, title: str, header: str) -> str:
     return "\n".join(out)
 
 
-def to_html(df: pd.DataFrame, title: str, header: str) -> str:
+def to_html(df: pd.DataFrame, title: str, header: str, show_delta: bool = True) -> str:
     """The same table as an HTML fragment (pandas `to_html`), for the Snakemake report."""
     import html
 
     out = [f"<h3>{html.escape(title)}</h3>", f"<p><code>{html.escape(header)}</code></p>",
            f"<p>{html.escape(LEGEND.replace('`', ''))}</p>"]
-    for heading, frame in display_frame(df).items():
+    for heading, frame in display_frame(df, show_delta).items():
         out += [f"<h4>{html.escape(heading)}</h4>", frame.to_html(index=False, border=1, classes="itrbench-table")]
     notes = merged_notes(df)
     if notes:
@@ -287,12 +293,13 @@ def to_html(df: pd.DataFrame, title: str, header: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_table(df: pd.DataFrame, md_path, csv_path, title: str, header: str, html_path=None) -> None:
+def write_table(df: pd.DataFrame, md_path, csv_path, title: str, header: str, html_path=None,
+                show_delta: bool = True) -> None:
     """Markdown and CSV (first line: `# <header>`; read with pandas.read_csv(path, skiprows=1)), optionally HTML."""
     with atomic_path(md_path) as tmp:
-        Path(tmp).write_text(to_markdown(df, title, header), encoding="utf-8")
+        Path(tmp).write_text(to_markdown(df, title, header, show_delta), encoding="utf-8")
     if html_path:
         with atomic_path(html_path) as tmp:
-            Path(tmp).write_text(to_html(df, title, header), encoding="utf-8")
+            Path(tmp).write_text(to_html(df, title, header, show_delta), encoding="utf-8")
     with atomic_path(csv_path) as tmp:
         Path(tmp).write_text(f"# {header}\n" + df.to_csv(index=False, float_format="%.4g"), encoding="utf-8")
