@@ -46,6 +46,8 @@ def expected_trainings(config_path, **overrides) -> set[tuple[str, int]]:
     registry = reg.load_registry(overrides.get("experiments") or REPO / wf["experiments"])
     plan = reg.plan_runs(wf, registry)
     table_exps = {n for t in registry["tables"] for n in plan.experiments_of_table(t)}
+    claims = yaml.safe_load((REPO / wf["claims"]).read_text())["claims"]  # `tables` builds tables/claims.md too
+    table_exps |= {e for c in claims for e in c["toy"]}
     return {(r.hash, r.seed) for r in plan.runs if r.experiment in table_exps}
 
 
@@ -60,11 +62,11 @@ def test_dry_run_default_one_training_per_unique_run(tmp_path):
     assert rc == 0, out
     counts = job_counts(out)
     want = expected_trainings(CONFIGS / "default.yaml")
-    assert counts["train"] == len(want) == 84  # 28 unique configs x 3 seeds
+    assert counts["train"] == len(want) == 108  # 36 unique configs x 3 seeds (the claims need the Fig. 3 runs too)
     trained = {(re.search(r"hash=(\w+)", b).group(1), int(re.search(r"seed=(\d+)", b).group(1))) for b in jobs_of(out, "train")}
     assert trained == want
-    # 31 (experiment, data set) pairs report into tables, on 3 seeds
-    assert counts["experiment_record"] == 93 and counts["table"] == 6
+    # 42 (experiment, data set) pairs report into tables or claims, on 3 seeds
+    assert counts["experiment_record"] == 126 and counts["table"] == 6 and counts["claims"] == 1
     assert counts["toy_data"] == 2 and counts["cache_text"] == 6 and counts["concepts"] == 2  # train, eval, dev splits
     assert "validate_data" not in counts
     for block in jobs_of(out, "train"):

@@ -349,7 +349,9 @@ def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
     for r in plan.runs:
         n_caps = 20 if r.dataset == "toy-f30k" else 25
         paths.append(_record(".", r, {p: _values(rng.uniform(5, 60)) for p in r.config["data"]["protocols"]},
-                             {"pairs_per_second": float(rng.uniform(1e5, 1e7))}))
+                             {"pairs_per_second": float(rng.uniform(1e5, 1e7)),
+                              "convergence": {"converged": bool(r.seed), "curve": {"epoch": [-1, 0, 1], "step": [0, 8, 16],
+                                                                                  "rsum": sorted(rng.uniform(5, 300, 3))}}}))
         np.savez(Path(r.run_dir) / "ranks.npz", t2i=rng.integers(0, 3, n_caps))
         (Path(r.experiment_dir) / "alignment_uniformity.json").write_text(json.dumps(
             {"alignment": {"image_text": 1.1, "text_text": 0.9}, "uniformity": {"image": {"mean": 1.3, "var": 0.03},

@@ -335,6 +335,12 @@ def plot_ascl_fig5_query_length(records, paper, registry):
     return finish(fig, "AsCL Fig. 5: image retrieval by query length", seeds_footer(recs))
 
 
+def plot_toy_learning_curves(records, paper, registry):
+    from itrbench.report.curves import plot_learning_curves  # its own module (convergence, docs/evaluation.md)
+
+    return plot_learning_curves(records, paper, registry)
+
+
 FIGURES = {
     "coder_fig3_batch_size": plot_coder_fig3_batch_size,
     "coder_fig4_latency_recall": plot_coder_fig4_latency_recall,
@@ -342,6 +348,7 @@ FIGURES = {
     "ascl_fig3_samples": plot_ascl_fig3_samples,
     "ascl_fig4_alignment_uniformity": plot_ascl_fig4_alignment_uniformity,
     "ascl_fig5_query_length": plot_ascl_fig5_query_length,
+    "toy_learning_curves": plot_toy_learning_curves,
 }
 
 __all__ = ["FIGURES", "house_style", "new_figure", "save_figure", "finish", "stamp", "legend_below", "data_label", "summarise", "t2i_r1_by_length"]
