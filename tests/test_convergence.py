@@ -109,3 +109,24 @@ def test_tables_mark_unconverged_runs_and_drop_delta_at_toy_scale():
     toy = to_markdown(table.reset_index(), "t", "h", show_delta=False)
     full = to_markdown(table.reset_index(), "t", "h", show_delta=True)
     assert "| Δ |" not in toy and "| Δ |" in full and "reproduced" in toy
+
+
+def test_learning_curves_read_from_records(tmp_path):
+    import pandas as pd
+
+    from itrbench.report.curves import plot_learning_curves, read_curves
+    from itrbench.report.figures import save_figure
+
+    rows = []
+    for seed, conv in ((0, {"converged": True, "curve": {"epoch": [-1, 0, 1], "step": [0, 5, 10], "rsum": [3.0, 40.0, 41.0]}}),
+                       (1, None)):  # seed 1: a run without a dev split has no curve
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"converged": None} if conv is None else {"convergence": conv}))
+        rows.append({"experiment": "vsepp/baseline", "dataset_key": "f30k", "dataset": "toy-f30k", "method": "vsepp",
+                     "seed": seed, "record_dir": str(d)})
+    curves = read_curves(pd.DataFrame(rows))
+    assert curves["step"].tolist() == [0, 5, 10] and curves["rsum"].tolist() == [3.0, 40.0, 41.0]
+    assert set(curves["seed"]) == {0} and curves["converged"].all()
+    save_figure(plot_learning_curves(pd.DataFrame(rows), None, {}), tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
