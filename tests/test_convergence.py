@@ -100,10 +100,11 @@ def test_tables_mark_unconverged_runs_and_drop_delta_at_toy_scale():
     repo = Path(__file__).resolve().parents[1]
     registry = load_registry(repo / "workflow" / "experiments.yaml")
     paper = load_paper_numbers(repo / "workflow" / "paper" / "coder.csv")
-    rows = [{"experiment": "coder/table2/row1", "dataset_key": "f30k", "protocol": "f30k_1k", "seed": s,
+    rows = [{"experiment": "coder/table2/row1", "dataset_key": "f30k", "dataset": "toy-f30k", "protocol": "f30k_1k", "seed": s,
              **{m: 10.0 + s for m in RECALLS}, "rsum": 60.0 + 6 * s, "converged": c}
             for s, c in ((0, True), (1, False), (2, None))]
-    table = build_table("coder_table2", registry, paper, pd.DataFrame(rows), seeds=[0, 1, 2]).set_index("row")
+    table = build_table("coder_table2", registry, paper, pd.DataFrame(rows), seeds=[0, 1, 2])
+    table = table.assign(key=table["row"]).set_index("key")
     assert table.loc["1", "status"] == "3/3 seeds, 1 not converged"
     assert table.loc["1", "rsum_mean"] == pytest.approx(66.0) and table.loc["1", "t2i_r1_diff"] == pytest.approx(11.0 - 58.6)
     toy = to_markdown(table.reset_index(), "t", "h", show_delta=False)

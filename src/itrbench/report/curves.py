@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from itrbench.errors import DataError
-from itrbench.report.figures import METHOD_COLORS, METHOD_LABELS, empty_panel, finish, new_figure
+from itrbench.report.figures import METHOD_COLORS, METHOD_LABELS, empty_panel, finish, legend_below, new_figure
 
 
 def read_curves(records: pd.DataFrame) -> pd.DataFrame:
@@ -59,7 +59,7 @@ def plot_learning_curves(records, paper, registry):
         ax.set_title(f"{part['dataset'].iloc[0]} (dev split)")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("dev R@sum")
-        ax.legend(fontsize="small")
+        legend_below(ax, ncol=1)
     seeds = sorted(curves["seed"].unique())
     footer = f"line = mean over seeds {', '.join(map(str, seeds))}; band = min..max over seeds" if seeds else None
     return finish(fig, "Learning curves: dev R@sum per epoch (main rows)", footer)
