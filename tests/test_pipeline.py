@@ -284,6 +284,14 @@ def test_tiny_dag(tmp_path):
     dry = subprocess.run(cmd[:1] + ["-n", "all", "--configfile", "workflow/config/tiny.yaml"], cwd=clone, env=env,
                          capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    # every job left a benchmark file; `itrbench budget` sums them per rule kind, the total last
+    bench = clone / "results" / "benchmarks"
+    assert len(list((bench / "train").glob("*.tsv"))) == 6 and list((bench / "cache_text").rglob("*.tsv"))
+    budget = subprocess.run([sys.executable, "-m", "itrbench.cli", "budget", str(bench)], capture_output=True,
+                            text=True, timeout=120)
+    assert budget.returncode == 0, budget.stderr
+    last = budget.stdout.strip().splitlines()[-1]
+    assert last.startswith("core_seconds=") and float(last.split("=")[1]) > 1.0, budget.stdout
 
 
 def test_pin_gpu_gives_each_job_a_free_device(tmp_path):

@@ -15,6 +15,8 @@ rule bench_script:
         "results/bench/{name}.txt",
     wildcard_constraints:
         name=r"[A-Za-z0-9_]+",
+    benchmark:
+        "results/benchmarks/bench_script/{name}.tsv",
     log:
         "results/logs/bench/{name}.log",
     threads: 4096

@@ -8,6 +8,8 @@ rule concepts:
         directory("{concept_dir}"),
     params:
         options=concept_options,
+    benchmark:
+        "results/benchmarks/concepts/{concept_dir}.tsv",
     log:
         "results/logs/concepts/{concept_dir}.log",
     threads: WF["resources"]["prepare"]["threads"]

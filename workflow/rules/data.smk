@@ -11,6 +11,8 @@ rule toy_options:
         "results/data/{dataset}.toy.yaml",
     params:
         text=lambda w: reg.yaml_text(DATASETS[w.dataset]["toy"]),
+    benchmark:
+        "results/benchmarks/toy_options/{dataset}.tsv",
     log:
         "results/logs/data/{dataset}.toy_options.log",
     wildcard_constraints:
@@ -28,6 +30,8 @@ rule toy_data:
         directory("{root}/{dataset}_precomp"),
     params:
         seed=WF["toy_seed"],
+    benchmark:
+        "results/benchmarks/toy_data/{root}/{dataset}.tsv",
     log:
         "results/logs/data/{root}/{dataset}.toy.log",
     resources:
@@ -51,6 +55,8 @@ rule validate_data:
     params:
         root=lambda w: DATASETS[w.dataset]["root"],
         splits=lambda w: " ".join(dict.fromkeys((DATASETS[w.dataset]["train_split"], DATASETS[w.dataset]["eval_split"]))),
+    benchmark:
+        "results/benchmarks/validate_data/{dataset}.tsv",
     log:
         "results/logs/data/{dataset}.validate.log",
     threads: WF["resources"]["prepare"]["threads"]

@@ -17,6 +17,8 @@ rule experiment_record:
     params:
         config=lambda w: reg.run_config_text(experiment_run(w).config, int(w.seed)),
         pointer=lambda w: reg.run_pointer_text(experiment_run(w)),
+    benchmark:
+        "results/benchmarks/experiment_record/{dataset}/{method}/{experiment}/seed{seed}.tsv",
     log:
         "results/logs/experiments/{dataset}/{method}/{experiment}/seed{seed}.log",
     wildcard_constraints:
@@ -37,6 +39,8 @@ rule alignment_uniformity:
         "results/{dataset}/{method}/{experiment}/seed{seed}/alignment_uniformity.json",
     params:
         run_dir=lambda w: experiment_run(w).run_dir,
+    benchmark:
+        "results/benchmarks/alignment_uniformity/{dataset}/{method}/{experiment}/seed{seed}.tsv",
     log:
         "results/logs/experiments/{dataset}/{method}/{experiment}/seed{seed}.alignment_uniformity.log",
     wildcard_constraints:

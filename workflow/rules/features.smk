@@ -11,6 +11,8 @@ rule cache_text:
     params:
         root=lambda w: DATASETS[w.dataset]["root"],
         job=cache_job,
+    benchmark:
+        "results/benchmarks/cache_text/{cache_dir}/{dataset}/{split}.{encoder}.L{length}.tsv",
     log:
         "results/logs/text/{cache_dir}/{dataset}/{split}.{encoder}.L{length}.log",
     threads: WF["resources"]["prepare"]["threads"]
@@ -40,6 +42,8 @@ rule global_features:
         images=lambda w: images_folder(DATASETS[w.dataset]),
         pattern=lambda w: DATASETS[w.dataset]["image_pattern"],
         itrbench=itrbench_command,
+    benchmark:
+        "results/benchmarks/global_features/{root}/{dataset}/{split}.tsv",
     log:
         "results/logs/features/{root}/{dataset}/{split}.global.log",
     threads: WF["resources"]["prepare"]["threads"]

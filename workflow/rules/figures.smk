@@ -18,6 +18,8 @@ rule figure:
         seeds=PLAN.seeds,
         name=WF["name"],
         scale=WF["scale"],
+    benchmark:
+        "results/benchmarks/figure/{figure}.tsv",
     log:
         f"results/logs/{WF['name']}/figures/{{figure}}.log",
     conda:

@@ -22,6 +22,8 @@ rule table:
         scale=WF["scale"],
         title=table_caption,
         shared=shared_args,
+    benchmark:
+        "results/benchmarks/table/{table}.tsv",
     log:
         f"results/logs/{WF['name']}/tables/{{table}}.log",
     conda:

@@ -13,6 +13,8 @@ rule run_config:
         "results/runs/{hash}/config.seed{seed}.yaml",
     params:
         text=lambda w: reg.run_config_text(PLAN.by_hash[w.hash], int(w.seed)),
+    benchmark:
+        "results/benchmarks/run_config/{hash}.seed{seed}.tsv",
     log:
         "results/runs/{hash}/config.seed{seed}.log",
     conda:
@@ -32,6 +34,8 @@ rule train:
     params:
         run_dir="results/runs/{hash}/seed{seed}",
         itrbench=itrbench_command,
+    benchmark:
+        "results/benchmarks/train/{hash}.seed{seed}.tsv",
     log:
         "results/runs/{hash}/seed{seed}/train.log",
     threads: train_res("threads")
