@@ -38,6 +38,8 @@ if WF["publish"]:
             f"{OUT}/figures/{{figure}}.png",
         output:
             "figures/{figure}.png",
+        benchmark:
+            "results/benchmarks/publish_figure/{figure}.tsv"
         log:
             "results/logs/publish/figures/{figure}.png.log",
         localrule: True

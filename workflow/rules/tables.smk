@@ -45,6 +45,8 @@ if WF["publish"]:
         wildcard_constraints:
             table=one_of([*REGISTRY["tables"], "claims"]),
             ext="md|csv",
+        benchmark:
+            "results/benchmarks/publish_table/{table}.{ext}.tsv"
         log:
             "results/logs/publish/tables/{table}.{ext}.log",
         localrule: True
@@ -65,6 +67,8 @@ rule claims:
         seeds=PLAN.seeds,
         name=WF["name"],
         scale=WF["scale"],
+    benchmark:
+        f"results/benchmarks/claims/{WF['name']}.tsv"
     log:
         f"results/logs/{WF['name']}/tables/claims.log",
     conda:
