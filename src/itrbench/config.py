@@ -20,20 +20,19 @@ import yaml
 
 from itrbench.errors import ConfigError
 
-METHOD_SECTIONS = ("vsepp", "coder", "ascl")
-
-
 @lru_cache(maxsize=None)
 def run_schema() -> dict:
-    """The run schema with the method sections (`vsepp.yaml`, `coder.yaml`, `ascl.yaml`) inlined."""
-    folder = resources.files("itrbench") / "schemas"
-    schema = yaml.safe_load((folder / "run.yaml").read_text())
-    for section in METHOD_SECTIONS:
-        part = folder / f"{section}.yaml"
-        sub = yaml.safe_load(part.read_text()) if part.is_file() else {"type": "object"}
+    """The run schema with the method names and each method plugin's option section (e.g. `coder:`) inlined."""
+    from itrbench import methods
+
+    root = resources.files("itrbench")
+    schema = yaml.safe_load((root / "schemas" / "run.yaml").read_text())
+    schema["properties"]["method"]["enum"] = list(methods.names())
+    for plugin in methods.all_plugins():
+        sub = yaml.safe_load((root / plugin.schema).read_text()) if plugin.schema else {"type": "object"}
         sub.setdefault("default", {})
         sub.pop("$schema", None)
-        schema["properties"][section] = sub
+        schema["properties"][plugin.name] = sub
     return schema
 
 

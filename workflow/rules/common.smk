@@ -13,6 +13,7 @@ from snakemake.utils import validate
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from itrbench.config import check_globs, coerce_to_schema  # noqa: E402
+from itrbench import methods  # noqa: E402
 from itrbench.errors import ConfigError  # noqa: E402
 from itrbench.joblogs import print_job_errors  # noqa: E402,F401  (train.smk's onerror)
 from itrbench.report import registry as reg  # noqa: E402
@@ -42,6 +43,7 @@ def repo_path(path):
 
 
 try:
+    reg.check_method_sections(config, CONFIG_SOURCE)
     WF = reg.expand_env(config, CONFIG_SOURCE)
     REGISTRY_FILE = repo_path(WF["experiments"])
     REGISTRY = reg.load_registry(REGISTRY_FILE)
@@ -56,7 +58,7 @@ except ConfigError as err:
 
 # Concrete data set name (toy-f30k, coco, ...) -> its workflow-config entry.
 DATASETS = {entry["name"]: entry for entry in WF["datasets"].values()}
-METHOD_NAMES = ("vsepp", "coder", "ascl")
+METHOD_NAMES = methods.names()  # the method plugins (itrbench/methods/<name>/)
 
 
 def one_of(values):
@@ -89,9 +91,9 @@ def images_folder(entry):
 
 
 def global_feature_files(config):
-    """AsCL reads a global feature per image; toy folders hold them, real data may need `global-features`."""
+    """A method needing global features reads one per image; toy folders hold them, real data may need `global-features`."""
     entry = DATASETS[config["data"]["dataset"]]
-    if config["method"] != "ascl" or entry["source"] == "toy":
+    if not methods.run_inputs(config).get("global_features") or entry["source"] == "toy":
         return []
     folder = f"{entry['root']}/{entry['name']}_precomp"
     return [f"{folder}/{s}_global.npy" for s in (entry["train_split"], entry["eval_split"])]
@@ -133,10 +135,8 @@ def cache_job(wildcards, output):
 
 # ------------------------------------------------------------------------------------------------- concepts
 def concept_dir(config):
-    c = config.get("coder") or {}
-    if config["method"] != "coder" or not c.get("concepts"):
-        return []
-    return [c["concept_dir"]]
+    concepts = methods.run_inputs(config).get("concepts")
+    return [concepts["dir"]] if concepts else []
 
 
 def _concept_jobs():
@@ -145,7 +145,7 @@ def _concept_jobs():
         for folder in concept_dir(config):
             d = config["data"]
             job = {"dataset": d["dataset"], "split": d["train_split"], "max_images": d["max_train_images"],
-                   "word_vectors": config["coder"].get("word_vectors", "minilm")}
+                   "word_vectors": methods.run_inputs(config)["concepts"]["word_vectors"]}
             if jobs.setdefault(folder, job) != job:
                 raise WorkflowError(f"{CONFIG_SOURCE}: runs disagree on how to build concepts in {folder}: {jobs[folder]} vs {job}")
     return jobs
@@ -284,13 +284,16 @@ def published_figures():
     return [f"figures/{name}.png" for name in REGISTRY["figures"]] if WF["publish"] else []
 
 
+PAPERS = sorted({t["paper"] for t in REGISTRY["tables"].values()})  # papers whose numbers the registry prints
+
+
 def paper_numbers(paper):
     return repo_path(os.path.join(WF["paper_numbers"], f"{paper}.csv"))
 
 
 def figure_inputs(wildcards):
     runs = PLAN.runs_of(PLAN.experiments_of_figure(wildcards.figure))
-    inputs = {"metrics": experiment_metrics(runs), "registry": REGISTRY_FILE, "paper": [paper_numbers(p) for p in ("coder", "ascl")]}
+    inputs = {"metrics": experiment_metrics(runs), "registry": REGISTRY_FILE, "paper": [paper_numbers(p) for p in PAPERS]}
     if wildcards.figure == "ascl_fig4_alignment_uniformity":
         # the figure reads only coco_5k records: measure just the runs whose data set evaluates that protocol
         inputs["extra"] = [f"{r.experiment_dir}/alignment_uniformity.json" for r in runs

@@ -75,18 +75,6 @@ class RetrievalModel(nn.Module):
 
 
 def build_model(config: dict, context: ModelContext) -> RetrievalModel:
-    # Importing the method modules registers them; a method whose module is absent is simply unavailable.
-    import importlib
+    from itrbench import methods  # the plugin registry names each method's model class (imported here, lazily)
 
-    for module in ("vsepp", "coder", "ascl"):
-        try:
-            importlib.import_module(f"itrbench.models.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"itrbench.models.{module}":
-                raise
-    name = config["method"]
-    if name not in _METHODS:
-        from itrbench.errors import ConfigError
-
-        raise ConfigError(f"method: '{name}' is not available (known: {', '.join(sorted(_METHODS))})")
-    return _METHODS[name](config, context)
+    return methods.get(config["method"]).model_class()(config, context)

@@ -20,12 +20,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from itrbench import methods  # noqa: E402
 from itrbench.errors import DataError  # noqa: E402
 from itrbench.utils import atomic_path  # noqa: E402
 
 PALETTE = sns.color_palette("colorblind")
-METHOD_COLORS = {"vsepp": PALETTE[7], "coder": PALETTE[0], "ascl": PALETTE[1]}
-METHOD_LABELS = {"vsepp": "VSE∞ (GPO + BTR)", "coder": "CODER", "ascl": "AsCL"}
+METHOD_COLORS = {p.name: PALETTE[p.color % len(PALETTE)] for p in methods.all_plugins()}
+METHOD_LABELS = methods.labels()
 # Line styles for a switch that is on / off (e.g. M-DCL) and for paper-reported series.
 STYLE_ON = {"marker": "o", "linestyle": "-"}
 STYLE_OFF = {"marker": "s", "linestyle": "--"}

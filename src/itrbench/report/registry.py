@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from itrbench.config import _describe as describe_schema_error  # one wording for every schema error
+from itrbench import methods
 from itrbench.config import config_hash, deep_merge, load_yaml, validate
 from itrbench.errors import ConfigError
 from itrbench.utils import atomic_path
@@ -27,7 +28,6 @@ __all__ = [
     "plan_runs", "shared_runs", "run_config_text", "run_pointer_text", "write_experiment_record", "PROTOCOL_DATASET",
 ]
 
-METHODS = ("vsepp", "coder", "ascl")
 # Which logical data set a protocol is evaluated on.
 PROTOCOL_DATASET = {"f30k_1k": "f30k", "coco_1k": "coco", "coco_5k": "coco"}
 
@@ -98,8 +98,8 @@ def load_registry(path: str | Path) -> dict:
     reg.setdefault("bases", {})
     seen_rows: dict[tuple, str] = {}
     for name, base in reg["bases"].items():
-        if base["method"] not in METHODS:
-            raise ConfigError(f"{source}: bases/{name}/method must be one of {', '.join(METHODS)}, got {base['method']!r}")
+        if base["method"] not in methods.names():
+            raise ConfigError(f"{source}: bases/{name}/method must be one of {', '.join(methods.names())}, got {base['method']!r}")
         validate(base, source=f"{source} (bases/{name})")
     for name, exp in reg["experiments"].items():
         where = f"{source}: experiments/{name}"
@@ -146,6 +146,16 @@ def expand_env(obj, where: str = "config"):
     return _ENV.sub(sub, obj)
 
 
+def check_method_sections(wf: dict, source: str) -> None:
+    """The workflow config's `methods:` and `datasets.<d>.methods:` keys must name method plugins."""
+    sections = [("methods", wf.get("methods") or {})]
+    sections += [(f"datasets.{d}.methods", e.get("methods") or {}) for d, e in (wf.get("datasets") or {}).items()]
+    for where, section in sections:
+        for key in section:
+            if key not in methods.names():
+                raise ConfigError(f"{source}: unknown key '{where}.{key}'; expected a method: {', '.join(methods.names())}")
+
+
 def load_workflow_config(path: str | Path, schema: str | Path) -> dict:
     """Load a workflow config outside Snakemake as the Snakefile does: schema check with defaults, then env vars."""
     from snakemake.exceptions import WorkflowError
@@ -156,6 +166,7 @@ def load_workflow_config(path: str | Path, schema: str | Path) -> dict:
         snakemake_validate(config, str(schema))
     except WorkflowError as err:
         raise ConfigError(workflow_error_line(err, f"{path}: invalid workflow config")) from None
+    check_method_sections(config, str(path))
     return expand_env(config, str(path))
 
 
@@ -169,12 +180,13 @@ def workflow_error_line(err: Exception, source: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- resolution
 def _dataset_layer(wf: dict, entry: dict, method: str) -> dict:
-    """What a data set entry of the workflow config puts into a run config: the data section, CODER's concept dir."""
+    """What a data set entry of the workflow config puts into a run config: the data section, the concept dir of a
+    method that needs concepts."""
     keys = ("root", "train_split", "eval_split", "protocols", "max_train_images", "max_eval_images")
     # An unset limit (null) must not erase one a method layer set: only concrete values go in.
     layer = {"data": {"dataset": entry["name"], **{k: entry[k] for k in keys if entry.get(k) is not None}}}
-    if method == "coder":
-        layer["coder"] = {"concept_dir": f"{wf['concepts']['dir']}/{entry['name']}"}
+    if "concepts" in methods.get(method).needs:
+        layer[method] = {"concept_dir": f"{wf['concepts']['dir']}/{entry['name']}"}
     return layer
 
 
