@@ -23,13 +23,13 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("claims", help="verdict per paper ablation claim (markdown + csv) from experiment records")
-    p.add_argument("--claims", default="workflow/claims.yaml")
-    p.add_argument("--registry", default="workflow/experiments.yaml")
+    p.add_argument("--claims", default="workflow/claims.yaml", help="claims file: claim text, contrast of experiments, paper effect")
+    p.add_argument("--registry", default="workflow/experiments.yaml", help="experiment registry (tables, experiments)")
     p.add_argument("--paper-numbers", nargs="+", required=True, help="paper-numbers CSV file(s) (workflow/paper/*.csv)")
     p.add_argument("--metrics", nargs="*", default=[], help="experiment records (results/.../seed<k>/metrics.json)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the config (a claim uses those all its runs have)")
     p.add_argument("--config-name", default="default", help="workflow config name, for the header line")
-    p.add_argument("--scale", default="toy", choices=["toy", "paper"])
+    p.add_argument("--scale", default="toy", choices=["toy", "paper"], help="scale named in the header line")
     p.add_argument("--md", required=True, help="markdown output")
     p.add_argument("--csv", required=True, help="csv output (first line is the header comment)")
     p.set_defaults(func=run)
