@@ -183,6 +183,14 @@ def _image_block(img: dict, sl: slice) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ pairwise
+def _block_shape(img: dict, cap: dict) -> tuple[int, int, int, int, int, int]:
+    """(caption length L, heads H, head width d, images ni, regions K, captions nc) of one block pair."""
+    length = cap["length"]
+    h, d, nk = img["i2t"].shape[1], img["i2t"].shape[2], img["i2t"].shape[3]
+    ni = img["vnorm"].shape[0]
+    return length, h, d, ni, nk // ni, cap["i2t"].shape[2] // length
+
+
 def block_scores(img: dict, cap: dict, u1: float, autocast: bool = False) -> Tensor:
     """(n_img, n_cap) scores of one image block against one caption block (outputs of the two `_..._block`).
 
@@ -190,11 +198,7 @@ def block_scores(img: dict, cap: dict, u1: float, autocast: bool = False) -> Ten
     reductions run over a non-innermost dimension of a contiguous tensor (fast in torch) and need no copies:
     I2T tensors are (H, caption, word, image, region), T2I tensors (H, image, region, word, caption).
     """
-    length = cap["length"]
-    h, d, nk = img["i2t"].shape[1], img["i2t"].shape[2], img["i2t"].shape[3]
-    ni = img["vnorm"].shape[0]
-    k = nk // ni
-    nc = cap["i2t"].shape[2] // length
+    length, h, d, ni, k, nc = _block_shape(img, cap)
     hl, hk = h * length, h * k
     device_type = img["vnorm"].device.type
     # the only per-pair products with the model width in them: 2 x 2 x H matmuls
@@ -244,11 +248,7 @@ def eval_block_scores(img: dict, cap: dict, u1: float) -> Tensor:
     written out and every large (block-sized) intermediate updated in place. torch.softmax over a non-innermost
     dimension runs a scalar loop, and each fresh block-sized tensor is one more pass through memory; at the toy
     width (D = 32) those passes, not the products, were most of the time (docs/pipeline.md, Budgets)."""
-    length = cap["length"]
-    h, d, nk = img["i2t"].shape[1], img["i2t"].shape[2], img["i2t"].shape[3]
-    ni = img["vnorm"].shape[0]
-    k = nk // ni
-    nc = cap["i2t"].shape[2] // length
+    length, h, d, ni, k, nc = _block_shape(img, cap)
     hl, hk = h * length, h * k
     prod1 = torch.matmul(cap["i2t"], img["i2t"])                                 # (2, H, nc*L, ni*K)
     prod2 = torch.matmul(img["t2i"].reshape(2, h, ni * k, d), cap["t2i"])        # (2, H, ni*K, L*nc)
