@@ -29,6 +29,20 @@ def test_gpo_equals_literal_sorted_weighted_sum():
             assert abs(float(out[b, d]) - ref) < 1e-5
 
 
+def test_gpo_weights_per_size_equal_one_gru_run_per_item():
+    """The per-distinct-size GRU run is exact: each row equals the GRU run alone on that row's positions."""
+    torch.manual_seed(2)
+    gpo = GPO(8, 8)
+    lengths = torch.tensor([4, 2, 4, 7, 2, 1, 7])
+    with torch.no_grad():
+        w = gpo.weights(lengths, 7)
+        for b, n in enumerate(lengths.tolist()):
+            out, _ = gpo.gru(positional_encoding(n, 8).unsqueeze(0))
+            scores = gpo.score((out[..., :8] + out[..., 8:]) / 2).squeeze(-1)[0]
+            ref = torch.softmax(scores / gpo.temperature, dim=0)
+            assert torch.allclose(w[b, :n], ref, atol=1e-6) and (w[b, n:] == 0).all()
+
+
 def test_padding_does_not_change_pooling():
     torch.manual_seed(1)
     for pool in (GPO(8, 8), MaxPool(), MeanPool()):

@@ -36,14 +36,18 @@ class GPO(nn.Module):
         self.score = nn.Linear(hidden, 1, bias=False)
 
     def weights(self, lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-        pe = positional_encoding(max_len, self.pe_dim, lengths.device).unsqueeze(0).expand(len(lengths), -1, -1)
-        packed = nn.utils.rnn.pack_padded_sequence(pe, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
+        # The GRU reads positional encodings only, so a set's weights depend on its size alone: run it once per
+        # distinct size (a batch of captions has ~20, a batch of images one) and gather. Exact, 2-3x cheaper.
+        sizes, which = torch.unique(lengths, return_inverse=True)
+        pe = positional_encoding(max_len, self.pe_dim, lengths.device).unsqueeze(0).expand(len(sizes), -1, -1)
+        packed = nn.utils.rnn.pack_padded_sequence(pe, sizes.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=max_len)
         half = out.shape[-1] // 2
         scores = self.score((out[..., :half] + out[..., half:]) / 2).squeeze(-1)
-        valid = torch.arange(max_len, device=lengths.device)[None] < lengths[:, None]
-        return torch.softmax(scores.masked_fill(~valid, float("-inf")) / self.temperature, dim=1)
+        valid = torch.arange(max_len, device=lengths.device)[None] < sizes[:, None]
+        w = torch.softmax(scores.masked_fill(~valid, float("-inf")) / self.temperature, dim=1)
+        return w[which]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.sum(1)
