@@ -63,6 +63,21 @@ def test_items_with_token_cache(split_dir, cache):
     np.testing.assert_array_equal(it["tokens"], expected)
 
 
+def test_batched_fetch_equals_collated_items(split_dir, cache):
+    """__getitems__ (what the DataLoader calls) builds the same batch as collating __getitem__ items."""
+    ds = CaptionDataset(open_split(split_dir, "fx", "train"), token_cache=cache)
+    order = [29, 0, 8, 9, 7, 3]                                  # unsorted, images repeated, lengths 6 2 5 6 4 5
+    got, ref = collate(ds.__getitems__(order)), collate([ds[j] for j in order])
+    assert set(got) == set(ref) and got["captions"] == ref["captions"]
+    for key in ("regions", "global", "tokens", "token_mask", "image_index", "caption_index"):
+        assert got[key].dtype == ref[key].dtype and torch.equal(got[key], ref[key]), key
+    loader = make_loader(ds, 4, shuffle=True, seed=0)
+    first = next(iter(loader))
+    assert torch.equal(first["tokens"], collate([ds[j] for j in first["caption_index"].tolist()])["tokens"])
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, ds.n_captions])
+
+
 def test_collate_batch_format(split_dir, cache):
     ds = CaptionDataset(open_split(split_dir, "fx", "train"), token_cache=cache)
     batch = collate([ds[j] for j in (0, 8, 29)])  # token lengths 2, 5, 6

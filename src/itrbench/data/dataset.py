@@ -85,6 +85,30 @@ class CaptionDataset(Dataset):
         return item
 
 
+    def __getitems__(self, indices: list[int]) -> dict:
+        """A whole batch at once (torch's DataLoader calls this instead of __getitem__ per index): one read per
+        array instead of one per item, and tokens padded in one copy. Same batch as collate([self[j] for j in
+        indices]) (tests/test_dataset.py); at toy scale it took the data side of a step from ~13 to ~2 ms."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= self.n_captions:
+            raise IndexError(f"caption indices out of range for {self.n_captions} captions")
+        images = idx // self.split.captions_per_image
+        batch = {"regions": torch.from_numpy(self.split.read_regions(images).astype(np.float32, copy=False)),
+                 "captions": [self.split.captions[j] for j in idx.tolist()],
+                 "image_index": torch.from_numpy(images.copy()),
+                 "caption_index": torch.from_numpy(idx.copy())}
+        if self.has_global:
+            batch["global"] = torch.from_numpy(self.split.read_global(images).astype(np.float32, copy=False))
+        if self.token_cache is not None:
+            feats, lengths = self.token_cache
+            n = np.asarray(lengths)[idx].astype(np.int64)
+            rows = read_rows(feats, idx)[:, : int(n.max())]
+            mask = torch.arange(rows.shape[1])[None, :] < torch.from_numpy(n)[:, None]
+            batch["tokens"] = torch.from_numpy(rows.astype(np.float32)).masked_fill_(~mask[..., None], 0.0)
+            batch["token_mask"] = mask
+        return batch
+
+
 def pad_tokens(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad (len_i, H) arrays to (B, L, H) with L = max len_i, and a (B, L) mask True on real tokens."""
     width = seqs[0].shape[1]
@@ -97,8 +121,11 @@ def pad_tokens(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, mask
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack CaptionDataset items into the batch format of docs/architecture.md ("Batches")."""
+def collate(items: list[dict] | dict) -> dict:
+    """Stack CaptionDataset items into the batch format of docs/architecture.md ("Batches"); a batch already
+    built by CaptionDataset.__getitems__ passes through."""
+    if isinstance(items, dict):
+        return items
     batch = {
         "regions": torch.from_numpy(np.stack([it["regions"] for it in items]).astype(np.float32, copy=False)),
         "captions": [it["caption"] for it in items],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from itrbench.errors import ConfigError
@@ -108,28 +107,24 @@ class AsCL(RetrievalModel):
         return reference_scores(self.fusion, img["regions"], img["glob"], cap["words"], cap["mask"])
 
     # ---------------------------------------------------------------------------------- training
-    def _train_scores(self, img: dict, caption_sets: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
-        """Differentiable (n_images, n_captions) scores of a training batch against each (words, mask) set.
-
-        The sets (captions, generated negatives, positives, their negatives) are scored in one call: at toy
-        batch sizes one scorer call of 4B captions costs ~0.6x four calls of B (fixed per-call overhead)."""
-        width = max(w.shape[1] for w, _ in caption_sets)
-        words = torch.cat([F.pad(w, (0, 0, 0, width - w.shape[1])) for w, _ in caption_sets])
-        mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in caption_sets])
+    def _train_scores(self, img: dict, words: Tensor, mask: Tensor) -> Tensor:
+        """Differentiable (n_images, n_captions) scores of a training batch."""
         if self.fusion is None:
-            scores = img["pooled"] @ l2norm(masked_mean(words, mask)).T
-        else:
-            scores = training_scores(self.fusion, img["regions"], img["glob"], words, mask)
-        return list(scores.split([w.shape[0] for w, _ in caption_sets], dim=1))
+            return img["pooled"] @ l2norm(masked_mean(words, mask)).T
+        return training_scores(self.fusion, img["regions"], img["glob"], words, mask)
 
     def _negatives(self, words: Tensor, mask: Tensor, shuffled: tuple[Tensor, Tensor] | None = None):
         """(words, mask) of one generated negative per caption; `shuffled` = projected word-shuffled captions."""
         return generate_negatives(words, mask, self.opts["negatives"], self.generator,
                                   noise_std=self.opts["noise_std"], dropout_p=self.opts["dropout_p"], shuffled=shuffled)
 
-    def _objective(self, sims: Tensor, gen: Tensor | None, same: Tensor | None) -> tuple[Tensor, float]:
-        """L_I (or L_II&III for generated positives) from the scores of the captions (sims) and of their generated
-        negatives (gen[n, m] = S(I_n, T⁻_m), None without negatives); also the share of negatives kept."""
+    def _objective(self, img: dict, words: Tensor, mask: Tensor, same: Tensor | None,
+                   shuffled: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, float]:
+        """L_I (or L_II&III for generated positives) of one batch; also the share of generated negatives kept."""
+        sims = self._train_scores(img, words, mask)
+        gen = None
+        if self.opts["negatives"] != "none":
+            gen = self._train_scores(img, *self._negatives(words, mask, shuffled))  # gen[n, m] = S(I_n, T⁻_m)
         kept = 1.0 if gen is None else float(alpha_keep(gen, sims.diagonal()).float().mean())
         if self.opts["loss"] == "contrastive":
             return ascl_contrastive(sims, gen, self.opts["tau"], same), kept
@@ -156,23 +151,17 @@ class AsCL(RetrievalModel):
         if self.opts["exclude_same_image"] and "image_index" in batch:
             idx = batch["image_index"]
             same = idx[:, None] == idx[None, :]
-        negatives = self.opts["negatives"] != "none"
         shuffles = self.opts["negatives"] in ("shuffle", "mixture")
         shuf = self._project_words(*self._generated_tokens(batch, "shuf_", ["shuffle"] * len(words))) if shuffles else None
-        sets = [(words, mask)] + ([self._negatives(words, mask, shuf)] if negatives else [])
+        loss_i, kept = self._objective(img, words, mask, same, shuf)
+        parts = {"l_i": float(loss_i.detach()), "neg_kept": kept}
+        loss = loss_i
         if self.opts["positives"] != "none":
             kinds = self._pick_kinds(len(words))
             pos_words, pos_mask = self._project_words(*self._generated_tokens(batch, "pos_", kinds))
             pos_shuf = (self._project_words(*self._generated_tokens(batch, "pos_shuf_", [f"{k}-shuffle" for k in kinds]))
                         if shuffles else None)
-            sets += [(pos_words, pos_mask)] + ([self._negatives(pos_words, pos_mask, pos_shuf)] if negatives else [])
-        scores = self._train_scores(img, sets)
-        per_set = 2 if negatives else 1
-        loss_i, kept = self._objective(scores[0], scores[1] if negatives else None, same)
-        parts = {"l_i": float(loss_i.detach()), "neg_kept": kept}
-        loss = loss_i
-        if len(scores) > per_set:
-            loss_p, kept_p = self._objective(scores[per_set], scores[per_set + 1] if negatives else None, same)
+            loss_p, kept_p = self._objective(img, pos_words, pos_mask, same, pos_shuf)
             loss = 0.5 * loss_i + 0.5 * loss_p
             parts.update(l_pos=float(loss_p.detach()), pos_neg_kept=kept_p)
         parts["loss"] = float(loss.detach())
