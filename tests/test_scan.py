@@ -200,7 +200,7 @@ def test_loss_decreases_in_a_short_training_run(direction):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     batches = [make_batch(16, seed=s) for s in range(4)]
     losses = []
-    for step in range(60):
+    for step in range(80):
         loss, _ = model.training_loss(batches[step % 4], epoch=0)
         opt.zero_grad()
         loss.backward()

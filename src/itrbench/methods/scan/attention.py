@@ -71,17 +71,20 @@ def gram(x: Tensor) -> Tensor:
     return x @ x.transpose(1, 2)
 
 
-def _numerators(s_bar: Tensor, lambda_softmax: float, dim: int) -> Tensor:
-    """exp(λ1 s̄) up to a positive factor per query: the softmax without its normaliser.
+def _numerators(s_bar: Tensor, lambda_softmax: float, dim: int, valid: Tensor | None = None) -> Tensor:
+    """exp(λ1 s̄) up to a positive factor per query, 0 where `valid` is False: the softmax without its normaliser.
 
     R = cos(q, Σ_b α_b c_b) does not change when every α_b of a query is scaled by the same positive factor, so the
-    softmax's division (and its max pass, a slow strided reduction over a dimension of 8-36) is not needed. The
-    shift keeps exp in range: s̄ ≤ 1 always (it is a normalised column), so exp(λ1 (s̄ - 1)) ≤ 1; since s̄ ≥ -1 the
-    smallest is exp(-2 λ1), which fp32 holds up to λ1 ≈ 40. Beyond that the row max is subtracted instead.
+    softmax's division and its max pass are not needed. The shift keeps exp in range: s̄ ≤ 1 always (a normalised
+    column), so exp(λ1 (s̄ - 1)) ≤ 1; since s̄ ≥ -1 the smallest is exp(-2 λ1), which fp32 holds up to λ1 ≈ 40.
+    Beyond that the row max is subtracted instead.
     """
     if lambda_softmax <= 40:
-        return torch.exp(lambda_softmax * (s_bar - 1))
+        e = torch.exp(lambda_softmax * (s_bar - 1))
+        return e if valid is None else e * valid
     x = lambda_softmax * s_bar
+    if valid is not None:
+        x = x.masked_fill(~valid.bool(), float("-inf"))
     return torch.exp(x - x.amax(dim, keepdim=True))
 
 
@@ -90,32 +93,37 @@ def block_scores(regions: Tensor, region_gram: Tensor, words: Tensor, mask: Tens
     """(ni, nc) scores of an image block against a caption block, differentiable.
 
     regions (ni, K, F) and words (nc, L, F) l2-normalised (padding words zero), mask (nc, L) True on real words,
-    region_gram (ni, K, K) = regions regionsᵀ, word_gram (nc, L, L) = words wordsᵀ (only the one of the context
-    side is read). Layout (ni, nc, L, K) throughout.
+    region_gram (ni, K, K) = regions regionsᵀ, word_gram (nc, L, L) = words wordsᵀ (only the context side's is read).
+    Each direction has its own layout, chosen so that every reduction (over K and over L) runs over a non-innermost
+    dimension of a contiguous tensor (vectorised in torch; a reduction over an innermost K of 8-36 is not) and the
+    Gram contraction is one batched matmul: t2i (ni, K, L, nc), i2t (nc, L, K, ni).
     """
-    ni, k, _ = regions.shape
+    ni, k, dim = regions.shape
     nc, length, _ = words.shape
     mask = mask.bool()
-    # s_jk = cos(w_j, v_k): the features are unit vectors (padding words zero), so one product gives every cosine
-    s = torch.matmul(words.reshape(nc * length, -1), regions.transpose(1, 2)).view(ni, nc, length, k)
-    real = mask[None, :, :, None].to(s.dtype)                                       # (1, nc, L, 1)
-    clipped = F.leaky_relu(s, slope) * real
     if direction == "t2i":
-        # queries = words: normalise over the caption's words (dim 2), attend over the regions (dim 3)
+        # s[i, k, j, c] = cos(v_k, w_j): one product of the unit vectors (padding words are zero)
+        s = (regions.reshape(ni * k, dim) @ words.permute(2, 1, 0).reshape(dim, length * nc)).view(ni, k, length, nc)
+        real = mask.T.to(s.dtype)                                                    # (L, nc)
+        clipped = F.leaky_relu(s, slope) * real
+        # queries = words: normalise over the caption's words (dim 2), attend over the regions (dim 1)
         norm = (clipped * clipped).sum(2, keepdim=True).clamp_min(EPS * EPS).sqrt()  # no inf gradient at 0
-        e = _numerators(clipped / norm, lambda_softmax, 3)                           # α up to a factor per word
-        num = (e * s).sum(3)                                                         # ∝ w_j · a_j
-        ev = e.view(ni, nc * length, k)
-        quad = ((ev @ region_gram) * ev).sum(-1).view(ni, nc, length)                # ∝ |a_j|² = αᵀ G α
+        e = _numerators(clipped / norm, lambda_softmax, 1)                           # α up to a factor per word
+        num = (e * s).sum(1)                                                         # ∝ w_j · a_j, (ni, L, nc)
+        quad = (torch.bmm(region_gram, e.reshape(ni, k, length * nc)).view_as(e) * e).sum(1)  # ∝ |a_j|² = αᵀ G α
         r = num / quad.clamp_min(EPS * EPS).sqrt()                                   # cos(w_j, a_j), |w_j| = 1
-        return pool(r, mask[None], pooling, lambda_lse)                               # over the real words
-    # i2t, queries = regions: normalise over the regions (dim 3), attend over the caption's real words (dim 2)
-    norm = (clipped * clipped).sum(3, keepdim=True).clamp_min(EPS * EPS).sqrt()  # no inf gradient at 0
-    e = _numerators(clipped / norm, lambda_softmax, 2) * real                        # padding words weigh nothing
-    num = (e * s).sum(2)                                                             # ∝ v_k · a_k, (ni, nc, K)
-    quad = (torch.matmul(word_gram, e) * e).sum(2)                                   # ∝ α_kᵀ H α_k
+        return pool(r, mask.T[None], pooling, lambda_lse, dim=1)                    # over the real words
+    # s[c, j, k, i] = cos(w_j, v_k)
+    s = (words.reshape(nc * length, dim) @ regions.permute(2, 1, 0).reshape(dim, k * ni)).view(nc, length, k, ni)
+    real = mask[:, :, None, None]                                                    # (nc, L, 1, 1)
+    clipped = F.leaky_relu(s, slope) * real
+    # queries = regions: normalise over the regions (dim 2), attend over the caption's real words (dim 1)
+    norm = (clipped * clipped).sum(2, keepdim=True).clamp_min(EPS * EPS).sqrt()
+    e = _numerators(clipped / norm, lambda_softmax, 1, real)                        # padding words weigh nothing
+    num = (e * s).sum(1)                                                             # ∝ v_k · a_k, (nc, K, ni)
+    quad = (torch.bmm(word_gram, e.reshape(nc, length, k * ni)).view_as(e) * e).sum(1)  # ∝ α_kᵀ H α_k
     r = num / quad.clamp_min(EPS * EPS).sqrt()                                       # cos(v_k, a_k), |v_k| = 1
-    return pool(r, torch.ones_like(r, dtype=torch.bool), pooling, lambda_lse)       # over all regions
+    return pool(r, torch.ones_like(r, dtype=torch.bool), pooling, lambda_lse, dim=1).T  # over the regions
 
 
 def blocked_scores(regions: Tensor, words: Tensor, mask: Tensor, direction: str, lambda_softmax: float, pooling: str,
