@@ -171,7 +171,6 @@ def concept_options(wildcards):
 def train_inputs(wildcards):
     config = PLAN.by_hash[wildcards.hash]
     return {
-        "config": reg.RUN_CONFIG.format(hash=wildcards.hash, seed=wildcards.seed),
         "data": data_ready(config["data"]["dataset"]),
         "text": text_caches(config),
         "concepts": concept_dir(config),

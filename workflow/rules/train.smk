@@ -2,27 +2,6 @@
 # to the same config shares results/runs/<hash>/seed<k>/, so each unique (config, seed) trains exactly once.
 
 
-localrules:
-    run_config,
-
-
-rule run_config:
-    # The resolved run config (base + overrides + seed) that `itrbench train` reads. Written by the shell: a `run:`
-    # block would cost a whole Snakemake start-up per job.
-    output:
-        "results/runs/{hash}/config.seed{seed}.yaml",
-    params:
-        text=lambda w: reg.run_config_text(PLAN.by_hash[w.hash], int(w.seed)),
-    benchmark:
-        "results/benchmarks/run_config/{hash}.seed{seed}.tsv",
-    log:
-        "results/runs/{hash}/config.seed{seed}.log",
-    conda:
-        "../../environment.yml"
-    shell:
-        "printf '%s' {params.text:q} > {output} 2> {log}"
-
-
 rule train:
     # `itrbench train` trains, then evaluates every protocol of the config into metrics.json. checkpoint.pt is not a
     # declared output, so a killed job leaves it behind and the re-run resumes from it when the config, data, text
@@ -30,9 +9,13 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        "results/runs/{hash}/seed{seed}/metrics.json",
+        metrics="results/runs/{hash}/seed{seed}/metrics.json",
+        # the resolved run config (base + overrides + seed) `itrbench train` reads: written by this job's shell,
+        # not by a job of its own (one trivial job per run was a quarter of the DAG)
+        config="results/runs/{hash}/config.seed{seed}.yaml",
     params:
         run_dir="results/runs/{hash}/seed{seed}",
+        text=lambda w: reg.run_config_text(PLAN.by_hash[w.hash], int(w.seed)),
         itrbench=itrbench_command,
     benchmark:
         "results/benchmarks/train/{hash}.seed{seed}.tsv",
@@ -46,7 +29,7 @@ rule train:
     conda:
         "../../environment.yml"
     shell:
-        "{params.itrbench} train --config {input.config} --out {params.run_dir} > {log} 2>&1"
+        "printf '%s' {params.text:q} > {output.config} && {params.itrbench} train --config {output.config} --out {params.run_dir} > {log} 2>&1"
 
 
 onerror:
