@@ -62,7 +62,7 @@ def test_config_overrides_on_the_command_line_are_typed(tmp_path):
                         "methods={vsepp: {train: {lr: 1e-3}}}", "resources={train: {gpus: 0}}",
                         "-n", "tables", "--directory", str(tmp_path))
     assert rc == 0, out[-3000:]
-    assert job_counts(out)["train"] == 12  # 3 experiments x 2 data sets x 2 seeds
+    assert job_counts(out)["train"] == 16  # 4 experiments x 2 data sets x 2 seeds
 
 
 def test_validate_data_checks_every_split_the_config_names(tiny_toy, tmp_path, capsys):

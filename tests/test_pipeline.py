@@ -62,11 +62,11 @@ def test_dry_run_default_one_training_per_unique_run(tmp_path):
     assert rc == 0, out
     counts = job_counts(out)
     want = expected_trainings(CONFIGS / "default.yaml")
-    assert counts["train"] == len(want) == 108  # 36 unique configs x 3 seeds (the claims need the Fig. 3 runs too)
+    assert counts["train"] == len(want) == 126  # 42 unique configs x 3 seeds (the claims need the Fig. 3 runs too)
     trained = {(re.search(r"hash=(\w+)", b).group(1), int(re.search(r"seed=(\d+)", b).group(1))) for b in jobs_of(out, "train")}
     assert trained == want
-    # 42 (experiment, data set) pairs report into tables or claims, on 3 seeds
-    assert counts["experiment_record"] == 126 and counts["table"] == 6 and counts["claims"] == 1
+    # 48 (experiment, data set) pairs report into tables or claims, on 3 seeds
+    assert counts["experiment_record"] == 144 and counts["table"] == 6 and counts["claims"] == 1
     assert counts["toy_data"] == 2 and counts["cache_text"] == 6 and counts["concepts"] == 2  # train, eval, dev splits
     assert "validate_data" not in counts
     for block in jobs_of(out, "train"):
@@ -264,15 +264,17 @@ def test_tiny_dag(tmp_path):
     assert re.search(r"\| CODER \| paper \|.*\| 1/1 seeds[^|]*\|", t1) and "| reported only |" in t1
     assert re.search(r"\| VSE\+\+ \[10\] \(2018\) \| paper \|.*\| reported only \|", t1)
     assert re.search(r"\| VSE∞ \(GPO \+ BTR\) \| paper \|.*\| 1/1 seeds[^|]*\|", t1)
+    assert re.search(r"\| SCAN \[28\] \(2018\) \| paper \|.*\| 1/1 seeds[^|]*\|", t1)
     a1 = (wd / "tables" / "ascl_table1.md").read_text()
     assert re.search(r"\| AsCL \(OURS\) \| paper \|.*\| 1/1 seeds[^|]*\|", a1)
+    assert re.search(r"\| SCAN \[5\] \| paper \|.*\| 1/1 seeds[^|]*\|", a1)
     t2 = (wd / "tables" / "coder_table2.md").read_text()
     # row 5 of CODER Table 2 is the full model: the same run as Table 1's CODER, read from there; rows 1-4 not run
     assert "| not run |" in t2 and re.search(r"\| \+ L_PGC \(full CODER\) \| paper \|.*\| 1/1 seeds[^|]*\|", t2), t2
     claims = (wd / "tables" / "claims.md").read_text()  # tiny runs only the main rows: every claim is `not run`
     assert "32 claims: 0 agrees, 0 contradicts, 0 inconclusive, 32 not run" in claims and "CODER Table 2, #1 → #2" in claims
     runs = sorted((clone / "results" / "runs").glob("*/seed0/metrics.json"))
-    assert len(runs) == 6  # 3 experiments x 2 data sets, 1 seed; the trainer's hash is the folder's
+    assert len(runs) == 8  # 4 experiments x 2 data sets, 1 seed; the trainer's hash is the folder's
     assert all(json.loads(p.read_text())["config_hash"] == p.parent.parent.name for p in runs)
     for name in ("coder_table1", "coder_table2", "coder_table3", "coder_table4", "ascl_table1", "ascl_table2"):
         assert (wd / "tables" / f"{name}.csv").read_text().startswith("# config=tiny scale=toy commit=")
@@ -280,13 +282,13 @@ def test_tiny_dag(tmp_path):
     assert len(list((wd / "figures").glob("*.png"))) == len(reg.load_registry(clone / "workflow" / "experiments.yaml")["figures"])
     logs = list((clone / "results" / "runs").glob("*/seed0/train.log"))
     # no epoch progress bar in training logs (transformers' own "Loading weights" bar still writes \r: not ours)
-    assert len(logs) == 6 and not any(re.search(r"\repoch \d", p.read_text(errors="replace")) for p in logs)
+    assert len(logs) == 8 and not any(re.search(r"\repoch \d", p.read_text(errors="replace")) for p in logs)
     dry = subprocess.run(cmd[:1] + ["-n", "all", "--configfile", "workflow/config/tiny.yaml"], cwd=clone, env=env,
                          capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
     # every job left a benchmark file; `itrbench budget` sums them per rule kind, the total last
     bench = clone / "results" / "benchmarks"
-    assert len(list((bench / "train").glob("*.tsv"))) == 6 and list((bench / "cache_text").rglob("*.tsv"))
+    assert len(list((bench / "train").glob("*.tsv"))) == 8 and list((bench / "cache_text").rglob("*.tsv"))
     budget = subprocess.run([sys.executable, "-m", "itrbench.cli", "budget", str(bench)], capture_output=True,
                             text=True, timeout=120)
     assert budget.returncode == 0, budget.stderr
