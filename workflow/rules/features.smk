@@ -51,6 +51,7 @@ rule global_features:
         mem_mb=WF["resources"]["prepare"]["mem_mb"],
         runtime=WF["resources"]["prepare"]["runtime"],
         gpu=min(1, WF["resources"]["train"]["gpus"]),
+        cpus_per_gpu=WF["resources"]["prepare"]["threads"],
     wildcard_constraints:
         root=one_of(DATASETS[n]["root"] for n in global_feature_datasets()),
         dataset=one_of(global_feature_datasets()),

@@ -24,8 +24,10 @@ rule train:
     threads: train_res("threads")
     resources:
         mem_mb=train_res("mem_mb"),
-        runtime=train_res("runtime"),
+        # a retry (profile `retries`) resumes from the epoch checkpoint: a job killed at its time limit gets more time
+        runtime=lambda wildcards, attempt: train_res("runtime") * attempt,
         gpu=train_res("gpus"),
+        cpus_per_gpu=max(1, train_res("threads") // max(1, train_res("gpus"))),  # SLURM: --cpus-per-gpu on GPU jobs
     conda:
         "../../environment.yml"
     shell:
