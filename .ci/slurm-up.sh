@@ -55,9 +55,8 @@ for p in "${PACKAGES[@]}"; do dpkg-query -W -f '${Status}' "$p" 2>/dev/null | gr
 if ((${#missing[@]})); then
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >"/tmp/slurm-up-apt.log" 2>&1 ||
-        { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >"/tmp/slurm-up-apt.log" 2>&1; } ||
-        { tail -20 /tmp/slurm-up-apt.log; say "apt-get install failed (log: /tmp/slurm-up-apt.log)"; exit 1; }
+    { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } >/tmp/slurm-up-apt.log 2>&1 ||
+        { tail -20 /tmp/slurm-up-apt.log; say "apt-get failed (log: /tmp/slurm-up-apt.log)"; exit 1; }
 fi
 
 mkdir -p "$STATE/slurmctld" "$STATE/slurmd" "$STATE/mysql" /etc/slurm /run/munge /run/mysqld
