@@ -11,7 +11,9 @@ clip, Adam, the model's step hooks), timed after --warmup steps with device sync
 Printed per method: wall seconds per step, core-seconds per step (process CPU time: all threads), samples/s, the
 step's FLOPs (torch.utils.flop_counter: matmuls and attention, forward + backward) and the model FLOP utilisation
 against the device's peak (CUDA: --peak-tflops or the bf16 dense peak of a known model; CPU: a float32 matmul rate
-measured in this run), then the projected hours of one paper epoch and of the whole run. Last line: the projection.
+measured in this run; utilisation then counts core-seconds, not the wall time spent waiting for a shared core), then
+the projected wall hours of one paper epoch and of the whole run, and the run's core-hours. Last line: the
+projection.
 Steps only: evaluation, CODER's end-of-epoch k-means and data loading at scale are not in it.
 
     OMP_NUM_THREADS=1 python bench/gpu_step.py --device cpu --threads 1       # paper shape on one core
@@ -54,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--shape", default="paper", choices=list(SHAPES), help="reduced: tiny widths, for a smoke run")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (CUDA: kernels, allocator)")
     p.add_argument("--steps", type=int, default=2, help="timed steps; the median is reported")
+    p.add_argument("--batch", type=int, default=None, help="captions per step (default: the paper config's; reduced: 16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every CPU of this process)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 peak, when not in the table")
     p.add_argument("--work", default="/tmp/itrbench-gpu-step", help="synthetic data, random encoder (rebuilt)")
@@ -122,8 +125,8 @@ def run_config(method: str, args, shape: dict, data_root: Path, encoder: Path, d
                           dev_split=None, max_train_images=None, max_eval_images=None)
     config["text"]["encoder"] = str(encoder)
     config["train"]["num_workers"] = 0
-    if shape["batch"]:
-        config["train"]["batch_size"] = shape["batch"]
+    if args.batch or shape["batch"]:
+        config["train"]["batch_size"] = args.batch or shape["batch"]
     if method == "coder":  # concepts from MiniLM word vectors (GloVe is the user's file); same graph size
         config["coder"]["word_vectors"] = "minilm"
     return validate(config, "bench/gpu_step.py")
@@ -177,12 +180,15 @@ def time_method(method: str, args, shape: dict, work: Path, encoder: Path, devic
     with counter:  # one more step, counted (not timed)
         step()
     wall, core = statistics.median(walls), statistics.median(cores)
+    # On a shared CPU the wall time includes waiting for a core: utilisation counts the time the threads ran
+    busy = wall if trainer.device.type == "cuda" else core / torch.get_num_threads()
     flops = counter.get_total_flops()
     steps_epoch = PAPER_TRAIN_CAPTIONS[args.dataset] // tr["batch_size"]
+    steps_run = steps_epoch * tr["epochs"]
     return {"method": method, "batch": tr["batch_size"], "epochs": tr["epochs"], "wall": wall, "core": core,
-            "samples_s": tr["batch_size"] / wall, "tflop": flops / 1e12, "mfu": flops / wall / peak,
-            "steps_epoch": steps_epoch, "epoch_h": steps_epoch * wall / 3600, "run_h": steps_epoch * tr["epochs"] * wall / 3600,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+            "samples_s": tr["batch_size"] / wall, "tflop": flops / 1e12, "mfu": flops / busy / peak,
+            "steps_epoch": steps_epoch, "epoch_h": steps_epoch * wall / 3600, "run_h": steps_run * wall / 3600,
+            "run_core_h": steps_run * core / 3600, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
 def main(argv=None) -> int:
@@ -200,7 +206,7 @@ def main(argv=None) -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    batch_max = shape["batch"] or 128
+    batch_max = args.batch or shape["batch"] or 128
     n_images = math.ceil(batch_max * (args.warmup + args.steps + 2) / 5)  # every step draws a fresh batch
     generate_toyscenes(work / "data", "bench", seed=0, splits={"train": n_images, "test": 10},
                        n_regions=shape["n_regions"], feat_dim=shape["feat_dim"], global_dim=shape["global_dim"])
@@ -216,9 +222,10 @@ def main(argv=None) -> int:
         print(f"{method}: batch {r['batch']}, {r['params_m']:.0f} M params: step {r['wall']:.3f} s wall, "
               f"{r['core']:.2f} core-s, {r['samples_s']:.1f} samples/s, {r['tflop']:.3f} TFLOP/step, "
               f"MFU {100 * r['mfu']:.1f}%; paper epoch {r['steps_epoch']} steps = {r['epoch_h']:.2f} h, "
-              f"{r['epochs']} epochs = {r['run_h']:.1f} h", flush=True)
+              f"{r['epochs']} epochs = {r['run_h']:.1f} h ({r['run_core_h']:.0f} core-h)", flush=True)
     print(f"projection ({args.dataset}, {args.shape} shape, {dev_name}, steps only): "
-          + ", ".join(f"{r['method']} {r['run_h']:.1f} h/run ({r['epoch_h']:.2f} h/epoch)" for r in rows))
+          + ", ".join(f"{r['method']} {r['run_h']:.1f} h/run ({r['epoch_h']:.2f} h/epoch, {r['run_core_h']:.0f} core-h/run)"
+                      for r in rows))
     return 0
 
 
