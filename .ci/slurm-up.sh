@@ -65,13 +65,14 @@ chown mysql:mysql /run/mysqld "$STATE/mysql"
 
 # --- munge (the packages' post-install made a key; a bare image may not have)
 [[ -s /etc/munge/munge.key ]] || { mungekey --create --keyfile /etc/munge/munge.key; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-if ! alive /run/munge/munged.pid; then
+# (a munged or MariaDB that a package's post-install script already started, where invoke-rc.d may, is kept)
+if ! alive /run/munge/munged.pid && ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
     wait_for 10 munged bash -c 'munge -n | unmunge'
 fi
 
 # --- MariaDB: slurmdbd connects as root over the socket (Debian's root@localhost authenticates by unix_socket)
-if ! alive "$STATE/mysql/mariadbd.pid"; then
+if ! alive "$STATE/mysql/mariadbd.pid" && ! mariadb-admin ping >/dev/null 2>&1; then
     setsid /usr/sbin/mariadbd --user=mysql --pid-file="$STATE/mysql/mariadbd.pid" --skip-networking \
         --log-error="$STATE/mysql/mariadbd.log" </dev/null >/dev/null 2>&1 &
     wait_for 60 mariadbd mariadb-admin ping || { tail -5 "$STATE/mysql/mariadbd.log"; exit 1; }
