@@ -28,7 +28,7 @@ pytestmark = [
 ]
 
 
-def test_tiny_run_through_the_slurm_profile_with_the_cpu_overlay(tmp_path):
+def test_tiny_run_through_the_slurm_profile_with_the_cpu_overlay(tmp_path, capsys):
     sinfo = subprocess.run(["sinfo", "-h", "-o", "%P %a %D %T"], capture_output=True, text=True, timeout=30)
     assert sinfo.returncode == 0 and sinfo.stdout.strip(), f"SLURM not answering: {sinfo.stderr.strip()}"
     config = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
@@ -49,7 +49,8 @@ def test_tiny_run_through_the_slurm_profile_with_the_cpu_overlay(tmp_path):
     sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,State,ExitCode,Elapsed,ReqTRES"],
                            capture_output=True, text=True, timeout=60)
     assert sacct.returncode == 0, sacct.stderr
-    print(sacct.stdout)  # pytest -s shows the states
+    with capsys.disabled():  # the states reach the CI log even when the test passes
+        print("\nsacct (JobID|State|ExitCode|Elapsed|ReqTRES):\n" + sacct.stdout, flush=True)
     rows = [line.split("|") for line in sacct.stdout.strip().splitlines()]
     assert len(ids) == 5 and sorted(r[0] for r in rows) == sorted(ids), (ids, sacct.stdout)  # toy_data, cache_text x3, train
     assert all(r[1] == "COMPLETED" and r[2] == "0:0" for r in rows), sacct.stdout
