@@ -332,6 +332,10 @@ def check_honest_figure(fig, name):
         legend = ax.get_legend()
         if legend is not None:
             assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)), (name, "legend over data")
+        if ax.get_xscale() == "log":  # an error bar reaching 0 or below is cut off a log axis
+            for coll in ax.collections:
+                for seg in getattr(coll, "get_segments", lambda: [])():
+                    assert (np.asarray(seg)[:, 0] > 0).all(), (name, "error bar off the log axis")
     assert any("toy-" in t for t in titles), (name, titles)  # the records are toy data: say so
     assert not any("MSCOCO 5K" in t for t in titles), (name, titles)
 
@@ -353,7 +357,7 @@ def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
     for r in plan.runs:
         n_caps = 20 if r.dataset == "toy-f30k" else 25
         paths.append(_record(".", r, {p: _values(rng.uniform(5, 60)) for p in r.config["data"]["protocols"]},
-                             {"pairs_per_second": float(rng.uniform(1e5, 1e7)),
+                             {"pairs_per_second": float(10 ** rng.uniform(4, 8)),  # seeds 4 decades apart: a ± std bar would cross 0
                               "convergence": {"converged": bool(r.seed), "curve": {"epoch": [-1, 0, 1], "step": [0, 8, 16],
                                                                                   "rsum": sorted(rng.uniform(5, 300, 3))}}}))
         np.savez(Path(r.run_dir) / "ranks.npz", t2i=rng.integers(0, 3, n_caps))
