@@ -13,6 +13,7 @@ from itrbench.errors import ConfigError
 from itrbench.models.ascl import AsCL
 from itrbench.models.base import ModelContext, build_model
 from leakcheck import assert_batch_invariant
+from learncheck import training_losses
 
 IMG_DIM, TXT_DIM, GLOB_DIM, K, L = 10, 12, 8, 4, 7
 
@@ -131,15 +132,7 @@ def test_every_variant_trains_a_step(name):
 def test_loss_decreases_in_a_short_training_run():
     torch.manual_seed(0)
     model = AsCL(config(tau=0.1), context())
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batches = [make_batch(16, seed=s, pos=True) for s in range(4)]
-    losses = []
-    for step in range(48):
-        loss, _ = model.training_loss(batches[step % 4], epoch=0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = training_losses(model, [make_batch(16, seed=s, pos=True) for s in range(4)], steps=48, lr=3e-3)
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < 0.6 * first, (first, last)
 

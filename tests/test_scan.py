@@ -16,6 +16,7 @@ from itrbench.methods.scan.model import SCAN
 from itrbench.models.base import ModelContext, build_model
 from itrbench.models.encoders import l2norm
 from leakcheck import assert_batch_invariant
+from learncheck import training_losses
 
 IMG_DIM, TXT_DIM, K, L = 10, 12, 5, 7
 SETTINGS = [("t2i", "avg"), ("t2i", "lse"), ("i2t", "avg"), ("i2t", "lse")]
@@ -197,15 +198,7 @@ def test_training_loss_is_the_hardest_negative_triplet_on_the_scores():
 def test_loss_decreases_in_a_short_training_run(direction):
     torch.manual_seed(0)
     model = SCAN(config(direction=direction), context())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    batches = [make_batch(16, seed=s) for s in range(4)]
-    losses = []
-    for step in range(80):
-        loss, _ = model.training_loss(batches[step % 4], epoch=0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = training_losses(model, [make_batch(16, seed=s) for s in range(4)], steps=80, lr=1e-2)
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < 0.5 * first, (first, last)
 
