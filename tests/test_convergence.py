@@ -1,6 +1,7 @@
 """Convergence flag: the rule on hand-computed curves, and the trainer's per-epoch dev points."""
 import json
 
+import numpy as np
 import pytest
 
 from itrbench.convergence import convergence, curve_summary, read_dev_curve
@@ -10,20 +11,35 @@ from itrbench.training import train_and_evaluate
 
 # ------------------------------------------------------------------------------------------------ the rule
 def test_plateau_is_converged():
-    # 8 epochs -> window of 2: start v_6 = 200, max(v_7, v_8) = 203 -> gain 1.5 % < 2 %
+    # 8 epochs -> window of 2: the 3 points 200, 203, 201; line: slope (201 - 200) / 2 = 0.5, rise 1,
+    # level at the window's start 604 / 3 - 0.5 = 200.833 -> 0.5 % < 2 %
     r = convergence([10, 100, 150, 180, 190, 195, 200, 203, 201])
     assert r["converged"] is True
     assert r["window_epochs"] == 2
-    assert r["window_start_rsum"] == 200 and r["window_max_rsum"] == 203
-    assert r["relative_gain"] == pytest.approx(0.015)
+    assert r["window_start_rsum"] == pytest.approx(604 / 3 - 0.5) and r["window_rise_rsum"] == pytest.approx(1.0)
+    assert r["window_max_rsum"] == 203
+    assert r["relative_gain"] == pytest.approx(1.0 / (604 / 3 - 0.5))
     assert r["final_dev_rsum"] == 201 and r["best_dev_rsum"] == 203 and r["best_epoch"] == 6
 
 
 def test_still_rising_is_not_converged():
-    # window 2: start 200, max 205 -> 2.5 % >= 2 %
-    r = convergence([10, 100, 150, 180, 190, 195, 200, 205, 204])
+    # window 2: 200, 203, 206 -> rise 6 over a line starting at 200: 3 % >= 2 %
+    r = convergence([10, 100, 150, 180, 190, 195, 200, 203, 206])
     assert r["converged"] is False
-    assert r["relative_gain"] == pytest.approx(0.025)
+    assert r["relative_gain"] == pytest.approx(0.03)
+
+
+def test_least_squares_line_by_hand():
+    # 16 epochs -> window ceil(4) = 4: points 100, 104, 101, 106, 105 at x = 0..4; mean x 2, mean y 103.2;
+    # slope = sum((x - 2)(y - 103.2)) / sum((x - 2)^2) = 12 / 10 = 1.2; rise 4.8; level 103.2 - 2.4 = 100.8
+    curve = [0] + [50] * 11 + [100, 104, 101, 106, 105]
+    r = convergence(curve)
+    assert r["window_epochs"] == 4
+    assert r["window_start_rsum"] == pytest.approx(100.8) and r["window_rise_rsum"] == pytest.approx(4.8)
+    assert r["relative_gain"] == pytest.approx(4.8 / 100.8) and r["converged"] is False
+    # the same numbers as numpy's own fit
+    slope, intercept = np.polyfit(np.arange(5), curve[-5:], 1)
+    assert r["window_rise_rsum"] == pytest.approx(4 * slope) and r["window_start_rsum"] == pytest.approx(intercept)
 
 
 def test_exactly_two_percent_is_not_converged():
@@ -31,10 +47,11 @@ def test_exactly_two_percent_is_not_converged():
     assert convergence([0, 50, 100, 101.9])["converged"] is True
 
 
-def test_window_rounds_up_and_uses_the_maximum():
-    # 5 epochs -> window ceil(1.25) = 2: start v_3 = 100; a rise to 110 that falls back still counts
+def test_window_rounds_up_and_a_blip_is_not_a_rise():
+    # 5 epochs -> window ceil(1.25) = 2: 100, 110, 100 -> the line is flat: a one-epoch blip is dev noise
     r = convergence([0, 40, 80, 100, 110, 100])
-    assert r["window_epochs"] == 2 and r["window_max_rsum"] == 110 and r["converged"] is False
+    assert r["window_epochs"] == 2 and r["window_max_rsum"] == 110 and r["window_rise_rsum"] == pytest.approx(0)
+    assert r["converged"] is True
     # a falling window is past its plateau
     assert convergence([0, 40, 80, 100, 95, 90])["converged"] is True
 
