@@ -121,17 +121,27 @@ def test_dry_run_paper_against_fixture_paths(paper_slurm_dry_run):
     assert str(tmp_path / "real" / "f30k_precomp" / "train_ims.npy") in "".join(jobs_of(out, "validate_data"))
 
 
-def test_slurm_profile_dry_run_shows_gpu_resources(paper_slurm_dry_run):
+def test_slurm_profile_dry_run_shows_gpu_resources(paper_slurm_dry_run, monkeypatch):
     profile = REPO / "workflow" / "profiles" / "slurm"
     assert (profile / "config.yaml").read_text() == (profile / "profile.yaml").read_text()
-    _, out = paper_slurm_dry_run
+    tmp_path, out = paper_slurm_dry_run
     train = jobs_of(out, "train")
     assert train
+    for var, value in (("ITRBENCH_DATA", tmp_path / "real"), ("ITRBENCH_GLOVE", tmp_path / "glove.txt"),
+                       ("ITRBENCH_F30K_IMAGES", tmp_path / "images"), ("ITRBENCH_COCO_IMAGES", "")):
+        monkeypatch.setenv(var, str(value))  # the dry-run's paths: run hashes depend on them
+    wf = reg.load_workflow_config(CONFIGS / "paper.yaml", SCHEMA)
+    runs = {r.hash: r for r in reg.plan_runs(wf, reg.load_registry(REPO / wf["experiments"])).runs}
+    asked = set()
     for block in train:
         res = re.search(r"resources: (.*)", block).group(1)
+        run = runs[re.search(r"hash=(\w+)", block).group(1)]
+        cost = {**wf["resources"]["train"], **wf["resources"]["train_cost"].get(run.method, {}).get(run.dataset_key, {})}
+        asked.add((cost["runtime"], cost["mem_mb"]))
         for want in ("gpu=1", "gpu_model=a100", "cpus_per_gpu=8", "slurm_account=acct42", "slurm_partition=gpuq",
-                     "runtime=2880", "mem_mb=64000"):
+                     f"runtime={cost['runtime']},", f"mem_mb={cost['mem_mb']},"):
             assert want in res, (want, res)
+    assert len(asked) > 3  # per (method, data set), not one request for all
     for block in jobs_of(out, "table") + jobs_of(out, "validate_data"):
         res = re.search(r"resources: (.*)", block).group(1)
         assert "gpu=" not in res and "slurm_partition=cpuq" in res and "slurm_account=acct42" in res

@@ -182,6 +182,23 @@ def train_res(key):
     return WF["resources"]["train"][key]
 
 
+# Concrete data set name (toy-f30k, coco, ...) -> its logical key (f30k, coco): the keys of resources.train_cost.
+DATASET_KEYS = {entry["name"]: key for key, entry in WF["datasets"].items()}
+
+
+def train_cost(key):
+    """Resource `key` (runtime, mem_mb) of a training job: its run's (method, data set) entry of
+    resources.train_cost, else resources.train's; times the attempt, so a retried job (profile `retries`) gets more."""
+
+    def resource(wildcards, attempt):
+        config = PLAN.by_hash[wildcards.hash]
+        costs = WF["resources"]["train_cost"].get(config["method"], {})
+        entry = costs.get(DATASET_KEYS[config["data"]["dataset"]], {})
+        return entry.get(key, train_res(key)) * attempt
+
+    return resource
+
+
 def itrbench_command(wildcards, resources):
     """How a training job calls itrbench: directly on CPU; on GPUs pinned to its own devices (torchrun for > 1)."""
     n = int(resources.gpu)

@@ -23,9 +23,10 @@ rule train:
         "results/runs/{hash}/seed{seed}/train.log",
     threads: train_res("threads")
     resources:
-        mem_mb=train_res("mem_mb"),
-        # a retry (profile `retries`) resumes from the epoch checkpoint: a job killed at its time limit gets more time
-        runtime=lambda wildcards, attempt: train_res("runtime") * attempt,
+        # per (method, data set) from resources.train_cost (else resources.train), times the attempt: a retry
+        # (profile `retries`) resumes from the epoch checkpoint, and a job killed at its time or memory limit gets more
+        mem_mb=train_cost("mem_mb"),
+        runtime=train_cost("runtime"),
         gpu=train_res("gpus"),
         cpus_per_gpu=max(1, train_res("threads") // max(1, train_res("gpus"))),  # SLURM: --cpus-per-gpu on GPU jobs
     conda:

@@ -147,9 +147,10 @@ def expand_env(obj, where: str = "config"):
 
 
 def check_method_sections(wf: dict, source: str) -> None:
-    """The workflow config's `methods:` and `datasets.<d>.methods:` keys must name method plugins."""
+    """The workflow config's `methods:`, `datasets.<d>.methods:` and `resources.train_cost:` keys must name method plugins."""
     sections = [("methods", wf.get("methods") or {})]
     sections += [(f"datasets.{d}.methods", e.get("methods") or {}) for d, e in (wf.get("datasets") or {}).items()]
+    sections.append(("resources.train_cost", (wf.get("resources") or {}).get("train_cost") or {}))
     for where, section in sections:
         for key in section:
             if key not in methods.names():
