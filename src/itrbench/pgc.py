@@ -50,6 +50,35 @@ def job_threads() -> int:
         return max(1, cores)
 
 
+def kmeans_gpu(faiss, use_gpu: bool | None = None) -> int | None:
+    """The GPU (a faiss device number) k-means runs on, or None for the CPU.
+
+    Auto (use_gpu None): a GPU when faiss is a GPU build that sees one (`get_num_gpus() > 0`; the faiss-cpu wheel
+    reports 0) and this process trains on CUDA, i.e. torch's CUDA is initialised: the device it trains on (under
+    DDP each rank's own), so a CPU run on a GPU machine leaves the GPUs alone. use_gpu=True: a GPU (an error
+    when faiss has none); False: the CPU.
+    """
+    n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu and n_gpus < 1:
+        raise RuntimeError("k-means: use_gpu=True, but faiss sees no GPU (the faiss-cpu wheel, or no CUDA device); "
+                           "install the `gpu` extra (docs/coder.md, PGC)")
+    if use_gpu is False or n_gpus < 1:
+        return None
+    device = _torch_cuda_device()
+    if device is None:
+        return 0 if use_gpu else None
+    return device if device < n_gpus else 0
+
+
+def _torch_cuda_device() -> int | None:
+    """torch's current CUDA device when this process has initialised CUDA, else None."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return None
+    return torch.cuda.current_device() if torch.cuda.is_initialized() else None
+
+
 def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 0, threads: int | None = None,
                      use_gpu: bool | None = None, nredo: int = 1, init: np.ndarray | None = None,
                      return_centroids: bool = False):
@@ -61,6 +90,7 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 0, thre
     which can leave two centroids in one true cluster). `init` (k, d) starts Lloyd's iterations from given
     centroids instead (then nredo is 1): cluster j starts at init[j], so ids carry over.
     With return_centroids, returns (labels, centroids (k, d) float32, unit rows).
+    On a GPU when `kmeans_gpu` picks one (use_gpu: None = auto, True, False); same seed, same procedure.
     """
     import faiss
 
@@ -70,16 +100,20 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 0, thre
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     k = int(min(k, len(x)))
     faiss.omp_set_num_threads(threads or job_threads())
-    if use_gpu is None:
-        use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    gpu = kmeans_gpu(faiss, use_gpu)
     # min_points_per_centroid=1: fewer than 39 points per cluster is intended here (see docstring)
     if init is not None:
         init = np.ascontiguousarray(init, dtype=np.float32)
         if init.shape != (k, x.shape[1]):
             raise ValueError(f"spherical_kmeans: init centroids have shape {init.shape}, expected {(k, x.shape[1])}")
         nredo = 1
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False, gpu=bool(use_gpu),
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
                       min_points_per_centroid=1, nredo=nredo)
+    if gpu is not None:
+        # the assignment step (the whole cost: n x k inner products per iteration) on one chosen GPU; Kmeans(gpu=True)
+        # would spread it over every visible GPU, the other DDP ranks' too
+        resources = faiss.StandardGpuResources()
+        km.index = faiss.index_cpu_to_gpu(resources, gpu, km.index)
     km.train(x, init_centroids=init)
     _, labels = km.index.search(x, 1)
     labels = labels.reshape(-1).astype(np.int64)
