@@ -33,6 +33,8 @@ def test_tiny_run_through_the_slurm_profile_with_the_cpu_overlay(tmp_path, capsy
     assert sinfo.returncode == 0 and sinfo.stdout.strip(), f"SLURM not answering: {sinfo.stderr.strip()}"
     config = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
     config["resources"]["train"]["gpus"] = 1  # as on a GPU cluster; cpu.yaml must undo it
+    # the training job asks its (method, data set) entry of the table: sbatch --time 7 --mem 1800
+    config["resources"]["train_cost"] = {TARGET.split("/")[2]: {"f30k": {"runtime": 7, "mem_mb": 1800}}}
     gpu_config = tmp_path / "tiny-gpu.yaml"
     gpu_config.write_text(yaml.safe_dump(config))
     wd = tmp_path / "wd"
@@ -46,11 +48,11 @@ def test_tiny_run_through_the_slurm_profile_with_the_cpu_overlay(tmp_path, capsy
     assert run.returncode == 0, out[-6000:]
 
     ids = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
-    sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,State,ExitCode,Elapsed,ReqTRES"],
+    sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,State,ExitCode,Elapsed,ReqTRES,Timelimit"],
                            capture_output=True, text=True, timeout=60)
     assert sacct.returncode == 0, sacct.stderr
     with capsys.disabled():  # the states reach the CI log even when the test passes
-        print("\nsacct (JobID|State|ExitCode|Elapsed|ReqTRES):\n" + sacct.stdout, flush=True)
+        print("\nsacct (JobID|State|ExitCode|Elapsed|ReqTRES|Timelimit):\n" + sacct.stdout, flush=True)
     rows = [line.split("|") for line in sacct.stdout.strip().splitlines()]
     assert len(ids) == 5 and sorted(r[0] for r in rows) == sorted(ids), (ids, sacct.stdout)  # toy_data, cache_text x3, train
     assert all(r[1] == "COMPLETED" and r[2] == "0:0" for r in rows), sacct.stdout
@@ -62,3 +64,5 @@ def test_tiny_run_through_the_slurm_profile_with_the_cpu_overlay(tmp_path, capsy
     # the profile keeps successful jobs' SLURM logs (the plugin deletes them by default)
     train_logs = list((wd / "logs" / "slurm" / "rule_train").rglob("*.log"))
     assert len(train_logs) == 1 and "Finished jobid" in train_logs[0].read_text(), train_logs
+    train = next(r for r in rows if r[0] == train_logs[0].stem)  # logs/slurm/rule_train/<wildcards>/<jobid>.log
+    assert "mem=1800M" in train[4] and train[5] == "00:07:00", train
