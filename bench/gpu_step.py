@@ -139,7 +139,7 @@ def time_method(method: str, args, shape: dict, work: Path, encoder: Path, devic
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from itrbench.concepts import build_concepts
+    from itrbench.methods.coder.concepts import build_concepts
     from itrbench.data.dataset import make_loader
     from itrbench.data.precomp import open_split
     from itrbench.training import Trainer, to_device
@@ -154,7 +154,6 @@ def time_method(method: str, args, shape: dict, work: Path, encoder: Path, devic
     trainer = Trainer(config, work / "runs" / method)
     model, opt, tr = trainer.model, trainer.optimizer, config["train"]
     loader = iter(make_loader(trainer.dataset, tr["batch_size"], shuffle=True, seed=0, num_workers=0, drop_last=True))
-    model.on_train_start(trainer)
     model.train()
 
     def step():

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     import torch
 
     from itrbench.commands.train import parse_sets
-    from itrbench.concepts import build_concepts
+    from itrbench.methods.coder.concepts import build_concepts
     from itrbench.config import deep_merge as merge, validate
     from itrbench.data.precomp import open_split
     from itrbench.data.toyscenes import generate_toyscenes
@@ -130,7 +130,6 @@ def main(argv=None) -> int:
         profiler = cProfile.Profile()
     curve, train_cpu, dev_cpu, test_cpu = [], 0.0, 0.0, 0.0
     log = open(out / "train_log.jsonl", "w")
-    trainer.model.on_train_start(trainer)
     for epoch in range(tr["epochs"]):
         t = cpu()
         if profiler:

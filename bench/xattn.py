@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from itrbench.scoring import CrossAttentionFusion, fused_scores, reference_scores, useful_flops  # noqa: E402
+from itrbench.methods.ascl.scoring import CrossAttentionFusion, fused_scores, reference_scores, useful_flops  # noqa: E402
 from itrbench.methods.scan.attention import blocked_scores  # noqa: E402
 from itrbench.models.encoders import l2norm  # noqa: E402
 

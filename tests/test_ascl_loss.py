@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from itrbench.losses import ascl_contrastive
-from itrbench.losses.ascl import alpha_keep
+from itrbench.methods.ascl.losses import alpha_keep
 
 
 def literal_loss(sims, gen, tau, same=None):

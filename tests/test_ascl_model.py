@@ -10,7 +10,7 @@ import torch
 
 from itrbench.config import validate
 from itrbench.errors import ConfigError
-from itrbench.models.ascl import AsCL
+from itrbench.methods.ascl.model import AsCL
 from itrbench.models.base import ModelContext, build_model
 from leakcheck import assert_batch_invariant
 from learncheck import training_losses

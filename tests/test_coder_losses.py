@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from itrbench.losses.coder import dcl_directional, dcl_loss, diversity
+from itrbench.methods.coder.losses import dcl_directional, dcl_loss, diversity
 from itrbench.losses.triplet import btr_loss
 
 

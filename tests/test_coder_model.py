@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from itrbench.concepts import Concepts, concept_adjacency, save_concepts
+from itrbench.methods.coder.concepts import Concepts, concept_adjacency, save_concepts
 from itrbench.config import validate
 from itrbench.errors import ConfigError
 from itrbench.models.base import ModelContext, build_model
-from itrbench.models.coder import CODER
+from itrbench.methods.coder.model import CODER
 
 D_IMG, D_TXT, R, L, F = 12, 10, 4, 5, 16
 
@@ -255,7 +255,7 @@ def test_pgc_k_scaled_from_paper(tmp_path, concept_dir):
 
 
 def test_builds_concepts_into_work_dir(tmp_path, monkeypatch):
-    import itrbench.concepts as concepts_mod
+    import itrbench.methods.coder.concepts as concepts_mod
 
     monkeypatch.setattr(concepts_mod, "minilm_word_vectors", lambda words: np.ones((len(words), 5), np.float32))
     caps = ["a red car on a street", "a car parked", "a dog on a beach", "dog running on sand"]

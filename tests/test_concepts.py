@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from itrbench.concepts import (ConceptGCN, build_concepts, build_vocabulary, concept_adjacency, cooccurrence,
+from itrbench.methods.coder.concepts import (ConceptGCN, build_concepts, build_vocabulary, concept_adjacency, cooccurrence,
                                glove_vectors, image_concepts, load_concepts, minilm_word_vectors)
 from itrbench.errors import DataError
 

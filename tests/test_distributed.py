@@ -95,7 +95,7 @@ def _coder_config(tiny_run_config, concept_dir, **train):
 
 @pytest.fixture(scope="module")
 def concept_dir(tmp_path_factory):
-    from itrbench.concepts import Concepts, concept_adjacency, save_concepts
+    from itrbench.methods.coder.concepts import Concepts, concept_adjacency, save_concepts
 
     rng = np.random.default_rng(0)
     cooc = rng.integers(0, 4, size=(6, 6))

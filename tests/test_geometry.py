@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from itrbench.errors import DataError
-from itrbench.geometry import alignment_uniformity, pairwise_stats
+from itrbench.methods.ascl.geometry import alignment_uniformity, pairwise_stats
 
 
 def unit(x):

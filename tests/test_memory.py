@@ -4,7 +4,7 @@ import copy
 import torch
 from torch import nn
 
-from itrbench.memory import CoupledQueue, concat_all_gather, momentum_update
+from itrbench.methods.coder.memory import CoupledQueue, concat_all_gather, momentum_update
 
 
 def keys(values, dim=2):

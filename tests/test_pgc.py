@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from itrbench.pgc import PseudoLabels, scaled_k, spherical_kmeans
+from itrbench.methods.coder.pgc import PseudoLabels, scaled_k, spherical_kmeans
 
 
 def test_scaled_k():

@@ -342,7 +342,8 @@ def check_honest_figure(fig, name):
 
 def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
     from itrbench.data.toyscenes import generate_toyscenes
-    from itrbench.report.figures import FIGURES, save_figure
+    from itrbench.report.figures import figure_plotters, save_figure
+    FIGURES = figure_plotters()
 
     monkeypatch.chdir(tmp_path)
     wf = copy.deepcopy(wf_default)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from itrbench.errors import ConfigError, DataError
-from itrbench.samples import (NEGATIVE_KINDS, cutoff, dropout, gaussian_noise, generate_negatives,
+from itrbench.methods.ascl.samples import (NEGATIVE_KINDS, cutoff, dropout, gaussian_noise, generate_negatives,
                               generated_positive_texts, long_partners, mixture, shuffled_text, shuffled_texts)
 
 KINDS = [*NEGATIVE_KINDS, "mixture"]

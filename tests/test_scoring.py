@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from itrbench.scoring import (CrossAttentionFusion, caption_lengths, fused_scores, reference_scores,
+from itrbench.methods.ascl.scoring import (CrossAttentionFusion, caption_lengths, fused_scores, reference_scores,
                               training_scores, useful_flops)
 
 
@@ -117,7 +117,7 @@ def test_compiled_path_equals_reference_loop():
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
-    import itrbench.scoring as scoring
+    import itrbench.methods.ascl.scoring as scoring
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
@@ -134,7 +134,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 
 
 def test_compile_switch(monkeypatch):
-    import itrbench.scoring as scoring
+    import itrbench.methods.ascl.scoring as scoring
 
     monkeypatch.setattr(scoring, "_compiled", {"fn": None, "broken": False})
     cpu, big, small = torch.device("cpu"), scoring._COMPILE_MIN_PAIRS, 5_000_000

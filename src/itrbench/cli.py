@@ -1,4 +1,5 @@
-"""`itrbench` console script: subcommands are discovered from `itrbench.commands` (one module each)."""
+"""`itrbench` console script: subcommands are discovered from `itrbench.commands` (one module each) and from the
+method plugins (`MethodPlugin.commands`)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import sys
 # Snakemake job on a 2-core machine; measured 4-10x slower training with more runnable threads than cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from itrbench import commands  # noqa: E402
+from itrbench import commands, methods  # noqa: E402
 from itrbench.errors import ItrbenchError  # noqa: E402
 
 
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"itrbench.commands.{info.name}")
         if hasattr(module, "register"):
             module.register(sub)
+    for plugin in methods.all_plugins():  # a method's own subcommands (e.g. CODER's `concepts`)
+        for name in plugin.commands:
+            importlib.import_module(name).register(sub)
     return parser
 
 

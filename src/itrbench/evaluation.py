@@ -269,7 +269,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _to_device(batch: dict, device) -> dict:
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors on `device` (other values as they are)."""
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
@@ -311,7 +312,7 @@ def encode_batches(model, image_batches: Iterable[dict], caption_batches: Iterab
         outs = []
         for batch in batches:
             with amp:
-                o = fn(_to_device(batch, device))
+                o = fn(to_device(batch, device))
             outs.append({k: _to_cpu(v, autocast_dtype is not None) for k, v in o.items()})
         return concat_outputs(outs)
 
@@ -377,16 +378,16 @@ def compute_sims(model, img: dict, cap: dict, *, block_images: int = 1000, block
     n_img, n_cap = _n_rows(img, "image embeddings"), _n_rows(cap, "caption embeddings")
     model.eval()
     with torch.no_grad():
-        img_d = _to_device(img, device)  # images are moved once; caption blocks are moved in the outer loop
+        img_d = to_device(img, device)  # images are moved once; caption blocks are moved in the outer loop
         out = torch.empty(n_img, n_cap, dtype=torch.float32, device=device)
         warm = model.score(_rows(img_d, slice(0, min(block_images, _WARM_IMAGES, n_img))),
-                           _to_device(_rows(cap, slice(0, min(block_captions, _WARM_CAPTIONS, n_cap))), device))
+                           to_device(_rows(cap, slice(0, min(block_captions, _WARM_CAPTIONS, n_cap))), device))
         del warm
         _sync(device)
         start = time.perf_counter()
         for c0 in range(0, n_cap, block_captions):
             cs = slice(c0, min(c0 + block_captions, n_cap))
-            cap_b = _to_device(_rows(cap, cs), device)
+            cap_b = to_device(_rows(cap, cs), device)
             for i0 in range(0, n_img, block_images):
                 isl = slice(i0, min(i0 + block_images, n_img))
                 s = model.score(_rows(img_d, isl), cap_b)

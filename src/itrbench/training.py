@@ -25,6 +25,7 @@ from itrbench.data.dataset import CaptionDataset, make_loader
 from itrbench.data.precomp import open_split
 from itrbench import provenance
 from itrbench.errors import ConfigError, TrainingError
+from itrbench.evaluation import to_device
 from itrbench.models.base import ModelContext, build_model
 from itrbench.text import (TextEncoder, cache_is_current, cache_token_features, clean_stale_temps, load_token_cache,
                            text_cache_key, token_cache_path)
@@ -123,10 +124,6 @@ def lr_at(config: dict, epoch: int) -> float:
     return tr["lr"] * tr["lr_decay"] ** sum(epoch >= e for e in tr["lr_decay_epochs"])
 
 
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 class Trainer:
     def __init__(self, config: dict, out_dir: str | Path):
         self.config = config
@@ -217,7 +214,6 @@ class Trainer:
                 tmp.write_text(dump_yaml(self.config))
         log_mode = "a" if resumed else "w"
         t0 = time.perf_counter()
-        self.model.on_train_start(self)
         with open(self.out_dir / "train_log.jsonl" if self.world.is_main else os.devnull, log_mode) as log:
             if self.dev is not None and not resumed:
                 self.dev.record(self.model, log, -1, 0)  # the untrained model: the curve's first point

@@ -6,18 +6,19 @@ def run(args) -> int:
     import pandas as pd
 
     from itrbench.errors import ConfigError
-    from itrbench.report.figures import FIGURES, save_figure, stamp
+    from itrbench.report.figures import figure_plotters, save_figure, stamp
     from itrbench.report.registry import load_registry
     from itrbench.report.tables import header_line, load_paper_numbers, load_records
 
-    if args.name not in FIGURES:
-        raise ConfigError(f"figure '{args.name}': expected one of {', '.join(FIGURES)}")
+    plotters = figure_plotters()
+    if args.name not in plotters:
+        raise ConfigError(f"figure '{args.name}': expected one of {', '.join(plotters)}")
     registry = load_registry(args.registry)
     paper = pd.concat([load_paper_numbers(p) for p in args.paper_numbers], ignore_index=True)
     records = load_records(args.metrics)
     members = [n for n, e in registry["experiments"].items() if args.name in e["figures"]]
     records = records[records["experiment"].isin(members)]
-    fig = FIGURES[args.name](records, paper, registry)
+    fig = plotters[args.name](records, paper, registry)
     stamp(fig, header_line(args.config_name, args.scale, args.seeds, records["git_commit"].dropna().unique()))
     save_figure(fig, args.out)
     print(f"{args.name}: {records['record_dir'].nunique()} runs -> {args.out}")

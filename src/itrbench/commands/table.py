@@ -11,7 +11,7 @@ def parse_shared(items) -> dict:
         left, sep, other = item.partition("=")
         exp, colon, ds = left.rpartition(":")
         if not (sep and colon and exp and ds and other):
-            raise ConfigError(f"--shared {item}: expected EXPERIMENT:DATASET=OTHER_EXPERIMENT (e.g. coder/table2/row5:f30k=coder/table1/coder)")
+            raise ConfigError(f"--shared {item}: expected EXPERIMENT:DATASET=OTHER_EXPERIMENT, e.g. <table row experiment>:f30k=<the experiment whose runs it shares>")
         out[(exp, ds)] = other
     return out
 

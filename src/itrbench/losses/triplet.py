@@ -8,6 +8,11 @@ import torch
 from torch import Tensor
 
 
+def same_image_mask(image_index: Tensor) -> Tensor:
+    """(N, N) True where caption j's image is row i's image: such pairs are never negatives (every method's loss)."""
+    return image_index[:, None] == image_index[None, :]
+
+
 def btr_loss(sims: Tensor, same_image: Tensor, margin: float = 0.2, reduction: str = "sum") -> Tensor:
     """sum_i [m + S(i, c^) - S(i, i)]_+ + sum_j [m + S(i^, j) - S(j, j)]_+ with hardest negatives c^, i^.
 

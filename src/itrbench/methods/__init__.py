@@ -1,8 +1,8 @@
 """Method plugins: every package `itrbench/methods/<name>/` is one retrieval method, found at import time.
 
 A plugin package's `__init__` defines `PLUGIN = MethodPlugin(...)` and nothing heavy (the workflow reads the
-registry without loading torch): its name, display label, where its model class lives, its option schema and
-which extra pipeline inputs its runs need. Nothing else in the suite lists method names; it asks `names()`,
+registry without loading torch): its name, display label, where its model class lives, its option schema,
+which extra pipeline inputs its runs need and any `itrbench` subcommands of its own. Nothing else in the suite lists method names; it asks `names()`,
 `get(name)` or `run_inputs(config)` here. See docs/adding-a-method.md.
 """
 from __future__ import annotations
@@ -32,6 +32,8 @@ class MethodPlugin:
     needs: frozenset = frozenset()              # subset of PIPELINE_INPUTS its runs may need
     inputs: Callable[[dict], dict] | None = None  # resolved run config -> the needs this run really has
     color: int = 7                              # index into the figures' palette
+    commands: tuple[str, ...] = ()              # modules adding `itrbench` subcommands (each has register(sub))
+    figures: str | None = None                  # report module whose FIGURES plot the method's own options
 
     def __post_init__(self):
         unknown = set(self.needs) - set(PIPELINE_INPUTS)

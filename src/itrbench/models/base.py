@@ -1,4 +1,4 @@
-"""The interface every retrieval method implements (see docs/architecture.md), and the method registry."""
+"""The interface every retrieval method implements (see docs/architecture.md); methods/ names each one's class."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,17 +7,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-_METHODS: dict[str, type] = {}
-
-
-def register_method(name: str):
-    def wrap(cls):
-        _METHODS[name] = cls
-        cls.method_name = name
-        return cls
-    return wrap
-
 
 @dataclass
 class ModelContext:
@@ -59,7 +48,6 @@ class RetrievalModel(nn.Module):
         return groups
 
     # optional hooks
-    def on_train_start(self, trainer) -> None: ...
     def before_step(self) -> None: ...
     def after_step(self) -> None: ...
     def on_epoch_end(self, trainer, epoch: int) -> dict | None: ...

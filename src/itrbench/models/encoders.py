@@ -62,10 +62,21 @@ class MaxPool(nn.Module):
         return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of the rows where mask (B, L) is True; an empty set gives 0."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def caption_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """Positions needed per caption: index of the last real token + 1 (masks need not be prefixes)."""
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (mask.long() * pos).amax(1)
+
+
 class MeanPool(nn.Module):
     def forward(self, x, mask):
-        m = mask.unsqueeze(-1).to(x.dtype)
-        return (x * m).sum(1) / m.sum(1).clamp_min(1)
+        return masked_mean(x, mask)
 
 
 def build_aggregator(name: str, gpo_dim: int = 32) -> nn.Module:

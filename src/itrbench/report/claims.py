@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from itrbench import methods
 from itrbench.errors import ConfigError, DataError
 from itrbench.report.registry import PROTOCOL_DATASET
 from itrbench.utils import atomic_path
@@ -38,7 +39,6 @@ METRIC_LABELS = {
     "t2i_r1_short": f"t2i R@1, queries < {SHORT_QUERY_WORDS} words",
 }
 METRICS = [*METRIC_TERMS, "t2i_r1_short"]
-PAPER_NAMES = {"coder": "CODER", "ascl": "AsCL"}
 CLAIM_KEYS = {"id", "paper", "source", "claim", "dataset", "protocol", "metric", "toy", "paper_rows", "paper_effect",
               "paper_sign", "paper_note"}
 REQUIRED = ["id", "paper", "source", "claim", "dataset", "protocol", "metric", "toy"]
@@ -229,6 +229,11 @@ def _num(v, signed: bool = True) -> str:
     return f"{v:+.1f}" if signed else f"{v:.1f}"
 
 
+def paper_label(paper: str) -> str:
+    """The display name of a paper: the registry keys each paper by the method it reproduces (`paper: <method>`)."""
+    return methods.labels().get(paper, paper)
+
+
 def paper_cell(rec: dict) -> str:
     if math.isnan(rec["paper_effect"]):
         return ("+" if rec["paper_sign"] > 0 else "−") + " (sign only)"
@@ -255,7 +260,7 @@ def to_markdown(df: pd.DataFrame, header: str) -> str:
         else:
             toy = f"{_num(rec['toy_effect'])} [{_num(rec['ci_low'])}, {_num(rec['ci_high'])}]"
         out.append("| " + " | ".join([
-            rec["claim"], f"{PAPER_NAMES.get(rec['paper'], rec['paper'])} {rec['source']}",
+            rec["claim"], f"{paper_label(rec['paper'])} {rec['source']}",
             rec["protocol"], METRIC_LABELS.get(rec["metric"], rec["metric"]), paper_cell(rec), toy,
             str(rec["n_seeds"]), f"**{rec['verdict']}**", rec["converged"] or "–"]) + " |")
     notes = [f"- **{r['id']}**: {r['paper_note']}" for r in df.to_dict("records") if r["paper_note"]]

@@ -7,7 +7,6 @@ Toy and paper numbers live on different scales, so paper values are drawn in pan
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import matplotlib
@@ -135,43 +134,6 @@ def _on_main_protocol(records: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- CODER figures
-def plot_coder_fig3_batch_size(records, paper, registry):
-    """R@1 (text and image retrieval) against batch size, with and without M-DCL; paper values below."""
-    recs = with_column(with_column(records[records["protocol"] == "f30k_1k"], "batch", "train.batch_size"), "mdcl", "coder.mdcl")
-    fig, axes = new_figure(2, 2)
-    metrics = [("i2t_r1", "Text retrieval R@1"), ("t2i_r1", "Image retrieval R@1")]
-    summary = summarise(recs, ["mdcl", "batch"], [m for m, _ in metrics]) if len(recs) else None
-    for col, (m, label) in enumerate(metrics):
-        ax = axes[0, col]
-        if summary is None:
-            empty_panel(ax, "no runs yet")
-        else:
-            for mdcl, part in summary.groupby("mdcl"):
-                ax.errorbar(part["batch"], part[f"{m}_mean"], yerr=part[f"{m}_std"],
-                            label="w M-DCL" if mdcl else "w/o M-DCL", color=PALETTE[0] if mdcl else PALETTE[3],
-                            **(STYLE_ON if mdcl else STYLE_OFF))
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted(summary["batch"].unique()), labels=[str(b) for b in sorted(summary["batch"].unique())])
-            legend_below(ax)
-        ax.set_title(f"reproduced, {data_label(recs, 'f30k_1k')}\n{label}")
-        ax.set_xlabel("mini-batch size")
-        ax.set_ylabel(label)
-        ax = axes[1, col]
-        ref = paper[(paper["paper"] == "coder") & (paper["table"] == "fig3")].copy()
-        ref["batch"] = [int(re.search(r"batch (\d+)", r).group(1)) for r in ref["row"]]
-        ref = ref.sort_values("batch").dropna(subset=[m])
-        # only the batch sizes the paper gives a number for, as points: no line through one it does not give
-        ax.plot(ref["batch"], ref[m], label="w/o M-DCL (paper text)", marker="D", linestyle="none", color="0.35")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([32, 64, 128], labels=["32", "64", "128"])
-        ax.set_title(f"paper, Flickr30K 1K\n{label}")
-        ax.margins(y=0.3)
-        ax.set_xlabel("mini-batch size")
-        ax.set_ylabel(label)
-        legend_below(ax)
-    return finish(fig, "CODER Fig. 3: batch size with / without M-DCL", seeds_footer(recs))
-
-
 def plot_coder_fig4_latency_recall(records, paper, registry):
     """Similarity throughput (pairs/s, log) against R@sum: one point per method and data set."""
     recs = _on_main_protocol(records)
@@ -205,60 +167,7 @@ def plot_coder_fig4_latency_recall(records, paper, registry):
                   footer and f"R@sum {footer}; throughput mean, bar = min..max over the same seeds")
 
 
-def plot_coder_table4_k(records, paper, registry):
-    """R@1 against the number of PGC clusters K (paper-scale K; toy runs scale it), reproduced and paper."""
-    recs = with_column(records[records["protocol"] == "f30k_1k"], "K", "coder.pgc_k_paper")
-    ref = paper[(paper["paper"] == "coder") & (paper["table"] == "4")].copy()
-    ref["K"] = [int(r.split("=")[1]) for r in ref["row"]]
-    fig, axes = new_figure(1, 2)
-    series = [("i2t_r1", "text retrieval R@1", PALETTE[0]), ("t2i_r1", "image retrieval R@1", PALETTE[2])]
-    ax = axes[0, 0]
-    if recs.empty:
-        empty_panel(ax, "no runs yet")
-    else:
-        summary = summarise(recs, ["K"], [m for m, _, _ in series])
-        for m, label, color in series:
-            ax.errorbar(summary["K"], summary[f"{m}_mean"], yerr=summary[f"{m}_std"], label=label, color=color, **STYLE_ON)
-        legend_below(ax)
-    ax.set_title(f"reproduced ({data_label(recs, 'f30k_1k')})")
-    ax = axes[0, 1]
-    for m, label, color in series:
-        ax.plot(ref["K"], ref[m], label=label, color=color, marker="D", linestyle=":")
-    ax.set_title("paper (Flickr30K 1K, Table 4)")
-    legend_below(ax)
-    for ax in axes[0]:
-        ax.set_xlabel("PGC clusters K (paper scale)")
-        ax.set_ylabel("R@1")
-    return finish(fig, "CODER Table 4: number of PGC clusters", seeds_footer(recs))
-
-
 # ---------------------------------------------------------------------------------------------- AsCL figures
-def plot_ascl_fig3_samples(records, paper, registry):
-    """R@sum per kind of generated positive (negatives as in the full model) and negative (positives likewise)."""
-    recs = _on_main_protocol(records)
-    recs = with_column(with_column(recs, "positives", "ascl.positives"), "negatives", "ascl.negatives")
-    bases = registry.get("bases", {}).get("ascl", {}).get("ascl", {})
-    full_pos, full_neg = bases.get("positives", "both"), bases.get("negatives", "mixture")
-    fig, axes = new_figure(1, 2, panel=(4.0, 3.0))
-    panels = [("positives", recs[recs["negatives"] == full_neg], ["long", "short", "both"], "(a) positives (Asymmetry-II & III)"),
-              ("negatives", recs[recs["positives"] == full_pos], ["shuffle", "dropout", "gaussian", "cutoff", "mixture"],
-               "(b) negatives (Asymmetry-I)")]
-    for ax, (key, part, order, title) in zip(axes[0], panels):
-        part = part[part[key].isin(order)]
-        if part.empty:
-            empty_panel(ax, "no runs yet")
-        else:
-            summary = summarise(part, [key], ["rsum"]).set_index(key).reindex([o for o in order if o in set(part[key])])
-            # points with ± std intervals, not bars: the differences are small, and a bar must start at 0
-            ax.errorbar(list(summary.index), summary["rsum_mean"], yerr=summary["rsum_std"], fmt="o", color=PALETTE[1],
-                        capsize=4)
-            ax.margins(x=0.15, y=0.25)
-        ax.set_title(title)
-        ax.set_ylabel(f"R@sum ({data_label(recs, 'coco_5k') if (recs['dataset_key'] == 'coco').any() else data_label(recs, 'f30k_1k')})"
-                      if len(recs) else "R@sum")
-    return finish(fig, "AsCL Fig. 3: generated samples (mean ± std over seeds)", seeds_footer(recs))
-
-
 def read_alignment_uniformity(record_dir) -> dict:
     path = Path(record_dir) / "alignment_uniformity.json"
     try:
@@ -349,13 +258,23 @@ def plot_toy_learning_curves(records, paper, registry):
 
 
 FIGURES = {
-    "coder_fig3_batch_size": plot_coder_fig3_batch_size,
     "coder_fig4_latency_recall": plot_coder_fig4_latency_recall,
-    "coder_table4_k": plot_coder_table4_k,
-    "ascl_fig3_samples": plot_ascl_fig3_samples,
     "ascl_fig4_alignment_uniformity": plot_ascl_fig4_alignment_uniformity,
     "ascl_fig5_query_length": plot_ascl_fig5_query_length,
     "toy_learning_curves": plot_toy_learning_curves,
 }
 
-__all__ = ["FIGURES", "house_style", "new_figure", "save_figure", "finish", "stamp", "legend_below", "data_label", "summarise", "t2i_r1_by_length"]
+
+def figure_plotters() -> dict:
+    """Every figure's plotter: the suite's (FIGURES) and those of the method plugins (`MethodPlugin.figures`, the
+    figures that plot a method's own options, kept in its package). Loaded on call: a method's figures module
+    imports this one."""
+    import importlib
+
+    plotters = dict(FIGURES)
+    for plugin in methods.all_plugins():
+        if plugin.figures:
+            plotters.update(importlib.import_module(plugin.figures).FIGURES)
+    return plotters
+
+__all__ = ["FIGURES", "figure_plotters", "house_style", "new_figure", "save_figure", "finish", "stamp", "legend_below", "data_label", "summarise", "t2i_r1_by_length"]

@@ -11,7 +11,7 @@ import json
 def run(args) -> int:
     from itrbench.errors import ConfigError
     from itrbench.evaluation import encode_split
-    from itrbench.geometry import alignment_uniformity
+    from itrbench.methods.ascl.geometry import alignment_uniformity
     from itrbench.training import load_trained
     from itrbench.utils import write_json
 

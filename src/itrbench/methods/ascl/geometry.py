@@ -17,11 +17,11 @@ import math
 import torch
 
 from itrbench.errors import DataError
+from itrbench.models.encoders import l2norm
 
 
 def _unit(x) -> torch.Tensor:
-    x = torch.as_tensor(x).detach().float()
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return l2norm(torch.as_tensor(x).detach().float(), eps=1e-12)
 
 
 def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

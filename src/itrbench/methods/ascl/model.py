@@ -22,23 +22,19 @@ import torch
 from torch import Tensor, nn
 
 from itrbench.errors import ConfigError
-from itrbench.losses.ascl import alpha_keep, ascl_contrastive
-from itrbench.losses.triplet import btr_loss
-from itrbench.models.base import ModelContext, RetrievalModel, register_method
-from itrbench.models.encoders import RegionProjection, TextSide, l2norm
-from itrbench.samples import generate_negatives, generated_positive_texts, shuffled_texts
-from itrbench.scoring import CrossAttentionFusion, fused_scores, training_scores
+from itrbench.methods.ascl.losses import alpha_keep, ascl_contrastive
+from itrbench.losses.triplet import btr_loss, same_image_mask
+from itrbench.methods.ascl.samples import generate_negatives, generated_positive_texts, shuffled_texts
+from itrbench.methods.ascl.scoring import CrossAttentionFusion, fused_scores, training_scores
+from itrbench.models.base import ModelContext, RetrievalModel
+from itrbench.models.encoders import RegionProjection, TextSide, l2norm, masked_mean
 
 _BLOCKS = {"cpu": (32, 64), "cuda": (256, 512)}  # (images, captions) per scorer block when the config says null
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1)
-
-
-@register_method("ascl")
 class AsCL(RetrievalModel):
+    method_name = "ascl"
+
     def __init__(self, config: dict, context: ModelContext):
         super().__init__()
         m, a = config["model"], config["ascl"]
@@ -100,7 +96,7 @@ class AsCL(RetrievalModel):
 
     def reference_score(self, img: dict, cap: dict) -> Tensor:
         """The per-caption loop (tests and bench/xattn.py); same scores as `score`."""
-        from itrbench.scoring import reference_scores
+        from itrbench.methods.ascl.scoring import reference_scores
 
         if self.fusion is None:
             return self.score(img, cap)
@@ -150,7 +146,7 @@ class AsCL(RetrievalModel):
         same = None
         if self.opts["exclude_same_image"] and "image_index" in batch:
             idx = batch["image_index"]
-            same = idx[:, None] == idx[None, :]
+            same = same_image_mask(idx)
         shuffles = self.opts["negatives"] in ("shuffle", "mixture")
         shuf = self._project_words(*self._generated_tokens(batch, "shuf_", ["shuffle"] * len(words))) if shuffles else None
         loss_i, kept = self._objective(img, words, mask, same, shuf)

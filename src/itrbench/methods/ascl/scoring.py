@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from itrbench.models.encoders import caption_lengths
+
 EPS = 1e-8  # as F.cosine_similarity: each norm is clamped to at least EPS
 
 
@@ -286,12 +288,6 @@ def eval_block_scores(img: dict, cap: dict, u1: float) -> Tensor:
     v_g = v_g1.sub_(glob).mul_(pre.sigmoid_()).add_(glob)
     s_g = (v_g * w_g).sum(-1).div_(v_g.norm(dim=-1).clamp_min_(EPS).mul_(w_g.norm(dim=-1).clamp_min_(EPS)))
     return s_g.mul_(1 - u1).add_(s_i2t.add_(s_t2i), alpha=u1 * 0.5)
-
-
-def caption_lengths(mask: Tensor) -> Tensor:
-    """Positions needed per caption: index of the last real token + 1 (masks need not be prefixes)."""
-    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    return (mask.long() * pos).amax(1)
 
 
 # ------------------------------------------------------------------------------- compiled eval path (CPU)

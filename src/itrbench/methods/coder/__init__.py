@@ -1,5 +1,10 @@
-"""CODER (Wang et al., ECCV 2022). Its code still lives in models/coder.py, losses/coder.py, memory.py, pgc.py,
-concepts.py and schemas/coder.yaml (SPEC §6 import paths); this package is its entry in the method registry."""
+"""CODER (Wang et al., ECCV 2022): diversity-sensitive contrastive learning with a concept branch and PGC.
+
+model.py: `CODER` (the shared dual encoder + concept queries, M-DCL, PGC head); losses.py: DCL and the diversity
+(SPEC §6, re-exported by `itrbench.losses`); memory.py: momentum encoders' coupled queues; pgc.py: pseudo-label
+clustering; concepts.py: the concept graph (re-exported by `itrbench.concepts`) and command.py its
+`itrbench concepts` subcommand; schema.yaml: the `coder:` run-config section. See docs/coder.md.
+"""
 from itrbench.methods import MethodPlugin
 
 
@@ -12,6 +17,7 @@ def _inputs(config: dict) -> dict:
 
 
 PLUGIN = MethodPlugin(
-    name="coder", label="CODER", model="itrbench.models.coder:CODER", schema="schemas/coder.yaml",
-    needs=frozenset({"concepts"}), inputs=_inputs, color=0,
+    name="coder", label="CODER", model="itrbench.methods.coder.model:CODER", schema="methods/coder/schema.yaml",
+    needs=frozenset({"concepts"}), inputs=_inputs, color=0, commands=("itrbench.methods.coder.command",),
+    figures="itrbench.methods.coder.figures",
 )

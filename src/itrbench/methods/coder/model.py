@@ -19,14 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from itrbench import distributed
-from itrbench.concepts import ConceptGCN, build_concepts, load_concepts
+from itrbench.methods.coder.concepts import ConceptGCN, build_concepts, load_concepts
 from itrbench.errors import ConfigError
-from itrbench.losses.coder import dcl_directional, dcl_loss, diversity
-from itrbench.losses.triplet import btr_loss
-from itrbench.memory import CoupledQueue, momentum_update
-from itrbench.models.base import ModelContext, RetrievalModel, register_method
-from itrbench.models.encoders import ImageEncoder, TextHead, TextSide, l2norm
-from itrbench.pgc import PAPER_CAPTIONS, PAPER_K, PseudoLabels, scaled_k
+from itrbench.losses.triplet import btr_loss, same_image_mask
+from itrbench.methods.coder.losses import dcl_directional, dcl_loss, diversity
+from itrbench.methods.coder.memory import CoupledQueue, momentum_update
+from itrbench.methods.coder.pgc import PAPER_CAPTIONS, PAPER_K, PseudoLabels, scaled_k
+from itrbench.models.base import ModelContext
+from itrbench.models.dual import DualEncoder
+from itrbench.models.encoders import l2norm
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,16 @@ class ConceptQuery(nn.Module):
         return l2norm(attn @ Y)
 
 
-@register_method("coder")
-class CODER(RetrievalModel):
+class CODER(DualEncoder):
+    method_name = "coder"
+
     def __init__(self, config: dict, context: ModelContext):
-        super().__init__()
         m, c = config["model"], config["coder"]
-        self.cfg = c
         if c["pgc"] and not c["concepts"]:
             raise ConfigError("coder.pgc: true needs coder.concepts: true (PGC classifies the concept embeddings)")
+        super().__init__(config, context)  # the shared image and text encoders
+        self.cfg = c
         dim = m["embed_dim"]
-        self.image = ImageEncoder(context.image_dim, dim, m["aggregator"], m["image_mlp"], m["gpo_dim"])
-        self.text_side = TextSide(context.text_encoder)
-        self.text = TextHead(context.text_dim, dim, m["aggregator"], m["gpo_dim"])
         self.explicit = c["diversity"] == "explicit"                 # instance-level DCL terms (Table 3)
         self.concept_explicit = c["concept_diversity"] == "explicit"  # L_DCL^C
         # MB only matters where an instance-level DCL term uses the diversity (not for BTR without M-DCL)
@@ -120,13 +119,7 @@ class CODER(RetrievalModel):
             log.warning("using %d concepts (coder.num_concepts is %d)", concepts.num_concepts, c["num_concepts"])
         return concepts
 
-    # ---- encoders ----
-    def encode_image(self, batch: dict) -> torch.Tensor:
-        return self.image(batch["regions"])
-
-    def encode_text(self, batch: dict) -> torch.Tensor:
-        return self.text(*self.text_side(batch))
-
+    # ---- encoders (encode_image / encode_text: DualEncoder's) ----
     @torch.no_grad()
     def encode_keys(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         side = self.key_text_side if self.key_text_side is not None else self.text_side
@@ -173,7 +166,7 @@ class CODER(RetrievalModel):
         # similarities in float32 even under bf16 autocast: mu * div can be ~0.05, bf16 would blur the logits
         with torch.autocast(v.device.type, enabled=False):
             v, w = v.float(), w.float()
-            same = ids[:, None] == ids[None, :]
+            same = same_image_mask(ids)
             S = v @ w.T
             div_v = diversity(S, ~same, eps) if self.explicit else None
             div_w = diversity(S.T, ~same.T, eps) if self.explicit else None
@@ -267,7 +260,6 @@ class CODER(RetrievalModel):
                 w[torch.as_tensor(rows, device=w.device)] = (
                     self.cfg["pgc_init_scale"] * torch.as_tensor(self.pseudo.prototypes[rows], device=w.device, dtype=w.dtype))
         log.info("PGC after epoch %d: %s", epoch, info)
-        self.last_pgc = info
         return info
 
     def extra_state(self):

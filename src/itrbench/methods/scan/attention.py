@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from itrbench.scoring import caption_lengths  # positions needed per caption (masks need not be prefixes)
+from itrbench.models.encoders import caption_lengths  # positions needed per caption (masks need not be prefixes)
 
 EPS = 1e-8  # every norm is clamped to at least EPS (as F.cosine_similarity)
 DIRECTIONS = ("t2i", "i2t")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from itrbench.losses.triplet import btr_loss
+from itrbench.losses.triplet import btr_loss, same_image_mask
 from itrbench.methods.scan.attention import DIRECTIONS, blocked_scores, block_scores, gram, reference_scores
 from itrbench.models.base import ModelContext, RetrievalModel
 from itrbench.models.encoders import TextSide, l2norm
@@ -108,7 +108,7 @@ class SCAN(RetrievalModel):
         tokens, mask = self.text_side(batch)
         mask = mask.bool()
         idx = batch["image_index"]
-        same = idx[:, None] == idx[None, :]  # two captions of one image in a batch are not negatives
+        same = same_image_mask(idx)  # two captions of one image in a batch are not negatives
         parts, loss = {}, None
         for d, b in self.branches.items():
             sims = b.pairwise(b.embed_regions(batch["regions"]), b.embed_words(tokens, mask), mask)
