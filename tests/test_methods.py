@@ -122,3 +122,29 @@ def test_spec_import_paths_are_the_method_packages_objects():
     assert itrbench.losses.dcl_directional is coder_losses.dcl_directional
     assert itrbench.losses.ascl_contrastive is ascl_losses.ascl_contrastive
     assert itrbench.concepts.concept_adjacency is concepts.concept_adjacency
+
+
+def test_library_imports_without_snakemake_or_the_report():
+    """The core library (data, methods and their models, losses, evaluation, training) is usable without Snakemake:
+    imported in a fresh interpreter where `import snakemake` fails, it loads neither snakemake nor itrbench.report."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import itrbench
+
+    code = "\n".join([
+        "import sys",
+        "sys.modules['snakemake'] = None  # any `import snakemake...` now raises ImportError",
+        "import itrbench, itrbench.methods, itrbench.evaluation, itrbench.losses, itrbench.concepts, itrbench.data",
+        "import itrbench.data.precomp, itrbench.training",
+        "from itrbench import methods",
+        "classes = [p.model_class() for p in methods.all_plugins()]",
+        "loaded = sorted(m for m in sys.modules if m.startswith(('itrbench.report', 'snakemake.')))",
+        "print(len(classes), loaded)",
+    ])
+    env = {**os.environ, "PYTHONPATH": str(Path(itrbench.__file__).parents[1])}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == f"{len(methods.names())} []", run.stdout
