@@ -15,7 +15,7 @@ import yaml
 from itrbench.cli import main
 from itrbench.config import check_globs, load_config
 from itrbench.errors import ConfigError
-from test_pipeline import BIN, CONFIGS, job_counts, snakemake
+from test_pipeline import BIN, CONFIGS, expected_trainings, job_counts, snakemake
 
 
 def test_lr_written_as_in_papers_is_a_number(tmp_path):
@@ -62,7 +62,8 @@ def test_config_overrides_on_the_command_line_are_typed(tmp_path):
                         "methods={vsepp: {train: {lr: 1e-3}}}", "resources={train: {gpus: 0}}",
                         "-n", "tables", "--directory", str(tmp_path))
     assert rc == 0, out[-3000:]
-    assert job_counts(out)["train"] == 16  # 4 experiments x 2 data sets x 2 seeds
+    # `seeds=[0,1]` read as a list of numbers: both seeds train (the typed override changes no config hash)
+    assert job_counts(out)["train"] == len(expected_trainings(CONFIGS / "tiny.yaml", seeds=[0, 1]))
 
 
 def test_validate_data_checks_every_split_the_config_names(tiny_toy, tmp_path, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from itrbench import methods
 from itrbench.report import registry as reg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,14 +42,19 @@ def jobs_of(output: str, rule: str) -> list[str]:
     return [b for b in re.split(r"\n(?=\[[^\]]+\]\n)", output) if re.search(rf"^(local)?rule {rule}:", b, re.M)]
 
 
-def expected_trainings(config_path, **overrides) -> set[tuple[str, int]]:
+def table_runs(config_path, **overrides):
+    """The plan's runs that the `tables` target needs (its tables' rows and the claims' contrasts), and the registry."""
     wf = {**reg.load_workflow_config(config_path, SCHEMA), **overrides}
     registry = reg.load_registry(overrides.get("experiments") or REPO / wf["experiments"])
     plan = reg.plan_runs(wf, registry)
     table_exps = {n for t in registry["tables"] for n in plan.experiments_of_table(t)}
     claims = yaml.safe_load((REPO / wf["claims"]).read_text())["claims"]  # `tables` builds tables/claims.md too
     table_exps |= {e for c in claims for e in c["toy"]}
-    return {(r.hash, r.seed) for r in plan.runs if r.experiment in table_exps}
+    return [r for r in plan.runs if r.experiment in table_exps], registry
+
+
+def expected_trainings(config_path, **overrides) -> set[tuple[str, int]]:
+    return {(r.hash, r.seed) for r in table_runs(config_path, **overrides)[0]}
 
 
 def test_lint():
@@ -61,13 +67,17 @@ def test_dry_run_default_one_training_per_unique_run(tmp_path):
     rc, out = snakemake("-n", "tables", "--directory", str(tmp_path))
     assert rc == 0, out
     counts = job_counts(out)
-    want = expected_trainings(CONFIGS / "default.yaml")
-    assert counts["train"] == len(want) == 126  # 42 unique configs x 3 seeds (the claims need the Fig. 3 runs too)
+    runs, registry = table_runs(CONFIGS / "default.yaml")
+    want = {(r.hash, r.seed) for r in runs}
+    assert counts["train"] == len(want)  # one training per unique (config, seed), shared by the experiments
     trained = {(re.search(r"hash=(\w+)", b).group(1), int(re.search(r"seed=(\d+)", b).group(1))) for b in jobs_of(out, "train")}
     assert trained == want
-    # 48 (experiment, data set) pairs report into tables or claims, on 3 seeds
-    assert counts["experiment_record"] == 144 and counts["table"] == 6 and counts["claims"] == 1
-    assert counts["toy_data"] == 2 and counts["cache_text"] == 6 and counts["concepts"] == 2  # train, eval, dev splits
+    # one record per (experiment, data set, seed) reported in a table or a claim
+    assert counts["experiment_record"] == len(runs) and counts["table"] == len(registry["tables"]) and counts["claims"] == 1
+    datasets = {r.dataset for r in runs}
+    concept_dirs = {methods.run_inputs(r.config)["concepts"]["dir"] for r in runs if "concepts" in methods.run_inputs(r.config)}
+    assert counts["toy_data"] == len(datasets) and counts["cache_text"] == 3 * len(datasets)  # train, eval, dev splits
+    assert counts["concepts"] == len(concept_dirs) >= 1
     assert "validate_data" not in counts
     for block in jobs_of(out, "train"):
         assert "gpu=0" in block  # the toy config asks for no GPU
@@ -115,7 +125,8 @@ def test_dry_run_paper_against_fixture_paths(paper_slurm_dry_run):
     assert counts["validate_data"] == 2 and "toy_data" not in counts and "cache_text" not in counts  # BERT fine-tuned
     assert counts["global_features"] == 2  # f30k train + test, from the raw images; coco has them
     assert counts["train"] == len(all_trainings(CONFIGS / "paper.yaml"))  # default target `all`: tables + figures
-    assert counts["figure"] >= 5 and counts["table"] == 6
+    registry = reg.load_registry(REPO / "workflow" / "experiments.yaml")
+    assert counts["figure"] == len(registry["figures"]) and counts["table"] == len(registry["tables"])
     assert all("itrbench pin-gpu --gpus 1 -- itrbench train --config" in b for b in jobs_of(out, "train"))
     assert str(tmp_path / "glove.txt") in "".join(jobs_of(out, "concepts"))
     assert str(tmp_path / "real" / "f30k_precomp" / "train_ims.npy") in "".join(jobs_of(out, "validate_data"))
@@ -228,7 +239,8 @@ def test_dag_logic_each_unique_run_trains_once_then_nothing_then_only_the_change
     assert rc == 0, out
     trains = [line.split() for line in log.read_text().splitlines() if line.startswith("train ")]
     configs = [t[t.index("--config") + 1] for t in trains]
-    assert len(configs) == len(set(configs)) == 12  # 6 unique configs (row5 = table1 CODER) x 2 seeds
+    # one training per unique config and seed (row5 = table1 CODER share one)
+    assert len(configs) == len(set(configs)) == len(expected_trainings(cfg_path)) < len(table_runs(cfg_path)[0])
     assert {(Path(c).parent.name, int(Path(c).name.split("seed")[1].split(".")[0])) for c in configs} == \
         expected_trainings(cfg_path)
     # every experiment gets its record; the two CODER-full records point at one run folder
@@ -283,22 +295,23 @@ def test_tiny_dag(tmp_path):
     assert "| not run |" in t2 and re.search(r"\| \+ L_PGC \(full CODER\) \| paper \|.*\| 1/1 seeds[^|]*\|", t2), t2
     claims = (wd / "tables" / "claims.md").read_text()  # tiny runs only the main rows: every claim is `not run`
     assert "32 claims: 0 agrees, 0 contradicts, 0 inconclusive, 32 not run" in claims and "CODER Table 2, #1 → #2" in claims
+    n_trainings = len(all_trainings(clone / "workflow" / "config" / "tiny.yaml"))  # its experiments x data sets x seed
     runs = sorted((clone / "results" / "runs").glob("*/seed0/metrics.json"))
-    assert len(runs) == 8  # 4 experiments x 2 data sets, 1 seed; the trainer's hash is the folder's
+    assert len(runs) == n_trainings  # the trainer's hash is the folder's
     assert all(json.loads(p.read_text())["config_hash"] == p.parent.parent.name for p in runs)
-    for name in ("coder_table1", "coder_table2", "coder_table3", "coder_table4", "ascl_table1", "ascl_table2"):
+    for name in reg.load_registry(clone / "workflow" / "experiments.yaml")["tables"]:
         assert (wd / "tables" / f"{name}.csv").read_text().startswith("# config=tiny scale=toy commit=")
         assert "<table" in (wd / "tables" / f"{name}.html").read_text()
     assert len(list((wd / "figures").glob("*.png"))) == len(reg.load_registry(clone / "workflow" / "experiments.yaml")["figures"])
     logs = list((clone / "results" / "runs").glob("*/seed0/train.log"))
     # no epoch progress bar in training logs (transformers' own "Loading weights" bar still writes \r: not ours)
-    assert len(logs) == 8 and not any(re.search(r"\repoch \d", p.read_text(errors="replace")) for p in logs)
+    assert len(logs) == n_trainings and not any(re.search(r"\repoch \d", p.read_text(errors="replace")) for p in logs)
     dry = subprocess.run(cmd[:1] + ["-n", "all", "--configfile", "workflow/config/tiny.yaml"], cwd=clone, env=env,
                          capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
     # every job left a benchmark file; `itrbench budget` sums them per rule kind, the total last
     bench = clone / "results" / "benchmarks"
-    assert len(list((bench / "train").glob("*.tsv"))) == 8 and list((bench / "cache_text").rglob("*.tsv"))
+    assert len(list((bench / "train").glob("*.tsv"))) == n_trainings and list((bench / "cache_text").rglob("*.tsv"))
     budget = subprocess.run([sys.executable, "-m", "itrbench.cli", "budget", str(bench)], capture_output=True,
                             text=True, timeout=120)
     assert budget.returncode == 0, budget.stderr
