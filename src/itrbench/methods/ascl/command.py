@@ -1,7 +1,7 @@
 """`itrbench alignment-uniformity --run RUN_DIR --out FILE.json`: AsCL Fig. 4 measures of a trained run.
 
 Embeds the run's evaluation split and reads the unimodal `pooled` embeddings (AsCL: l2-normalised mean of the
-projected regions / real words, SPEC §4.3), then writes `itrbench.geometry.alignment_uniformity` as JSON.
+projected regions / real words, SPEC §4.3), then writes `geometry.alignment_uniformity` as JSON.
 """
 from __future__ import annotations
 

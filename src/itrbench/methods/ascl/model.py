@@ -1,8 +1,8 @@
 """AsCL (Gong, Mai, Huang 2024): hierarchical cross-modal fusion + asymmetry-sensitive contrastive learning.
 
 Regions -> RegionProjection (linear + MLP residual) -> V (K, D); global feature -> X_g -> V_g2 (D); token features
--> linear -> W (L, D). Scores come from `itrbench.scoring` (the fusion module and its batched scorer); the loss
-from `itrbench.losses.ascl`; generated negatives / positives from `itrbench.samples`. See docs/ascl.md.
+-> linear -> W (L, D). Scores come from `scoring.py` (the fusion module and its batched scorer); the loss
+from `losses.py`; generated negatives / positives from `samples.py`. See docs/ascl.md.
 
 Generated caption texts (positives, and the word-shuffled `shuffle` negatives) reach the model in one of two
 ways (first match wins), per prefix: `pos_` = positives, `shuf_` = shuffled captions, `pos_shuf_` = shuffled
