@@ -286,7 +286,7 @@ def claims_inputs(wildcards):
     return {
         "metrics": experiment_metrics(runs),
         "claims": repo_path(WF["claims"]),
-        "paper": [paper_numbers(p) for p in ("coder", "ascl")],
+        "paper": [paper_numbers(p) for p in PAPERS],
         "registry": REGISTRY_FILE,
         "data": sorted({data_ready(r.dataset) for r in runs}),  # captions give AsCL Fig. 5's query lengths
     }
