@@ -213,7 +213,7 @@ def t2i_r1_by_length(ranks_path, captions: list[str]) -> pd.Series:
     """Text-to-image R@1 (percent) per caption-length bucket, from a run's saved per-caption ranks."""
     try:
         with np.load(ranks_path) as z:
-            t2i = z["t2i"] if "t2i" in z.files else z["t2i_ranks"]
+            t2i = z["t2i"]  # written by evaluation.evaluate_model
     except (OSError, KeyError, ValueError) as err:
         raise DataError(f"{ranks_path}: expected per-caption text-to-image ranks under 't2i' ({type(err).__name__})") from None
     lengths = np.array([len(c.split()) for c in captions[: len(t2i)]])
