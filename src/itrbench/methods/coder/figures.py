@@ -1,4 +1,5 @@
-"""CODER Fig. 3 and Table 4 as a plot: the figures that plot CODER's own options (M-DCL, batch size, PGC clusters K), in the report's house style.
+"""CODER Fig. 3 and Table 4 as a plot: the figures that plot CODER's own options (M-DCL, PGC clusters K), in
+the report's house style.
 
 Report code kept with its method: only the report loads it (`itrbench.report.figures.figure_plotters`), never the
 library. Each plotter takes the experiments' records, the paper numbers and the registry, returns a Figure.
@@ -11,6 +12,7 @@ from itrbench.report.figures import (
     PALETTE, STYLE_OFF, STYLE_ON, data_label, empty_panel, finish, legend_below, new_figure, seeds_footer,
     summarise, with_column,
 )
+
 
 def plot_coder_fig3_batch_size(records, paper, registry):
     """R@1 (text and image retrieval) against batch size, with and without M-DCL; paper values below."""
