@@ -4,7 +4,7 @@ import types
 import numpy as np
 import pytest
 
-from itrbench import pgc
+from itrbench.methods.coder import pgc
 
 
 def fake_faiss(n_gpus: int, calls: list):
