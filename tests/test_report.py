@@ -1,6 +1,7 @@
 """Experiment registry, paper numbers, table builder and figures (no Snakemake here: see test_pipeline.py)."""
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -325,34 +326,79 @@ def test_t2i_r1_by_length_matches_hand_count(tmp_path):
     assert got["≤7"] == 50.0 and got["8–9"] == 50.0 and got["10–11"] == 100.0 and np.isnan(got["≥17"])
 
 
+def _text_boxes(fig, renderer):
+    """(what, bbox) of every visible piece of text: titles, axis labels, tick labels, annotations, footers."""
+    boxes = []
+    for ax in fig.axes:
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]  # ax.texts: annotations, "no runs yet"
+        for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = sorted(limits)
+            for minor in (False, True):  # only ticks in view are drawn; the others keep a label off the panel
+                texts += [lab for t, lab in zip(axis.get_ticklocs(minor=minor), axis.get_ticklabels(minor=minor))
+                          if lo <= t <= hi]
+        boxes += [(f"{'annotation' if t in ax.texts else 'text'} {t.get_text()!r} of panel {ax.get_title()!r}",
+                   t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text().strip()]
+    boxes += [(f"figure text {t.get_text()!r}", t.get_window_extent(renderer)) for t in fig.texts if t.get_text().strip()]
+    return boxes
+
+
+def _labelled_ticks(ax, axis="x"):
+    """The tick labels a reader sees on an axis: inside the view, non-empty."""
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    labels = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
+    ticks = ax.get_xticks() if axis == "x" else ax.get_yticks()
+    return [lab.get_text() for t, lab in zip(ticks, labels) if lo <= t <= hi and lab.get_text().strip()]
+
+
 def check_honest_figure(fig, name):
-    """Bars start at 0; no legend overlaps a panel's plotting area; reproduced panels name the toy data they show."""
+    """Bars start at 0; a legend covers no panel, no text and no other legend; a log axis carries at least two
+    labelled ticks; every text lies inside the saved image; reproduced panels name the toy data they show."""
     import matplotlib.patches
 
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     titles = [fig._suptitle.get_text() if fig._suptitle else ""] + [ax.get_title() for ax in fig.axes] + \
              [ax.get_ylabel() for ax in fig.axes]
+    texts = _text_boxes(fig, renderer)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     for ax in fig.axes:
         if any(isinstance(a, matplotlib.patches.Rectangle) and a.get_height() > 0 for a in ax.patches):
             assert ax.get_ylim()[0] <= 0, (name, "bar axis does not start at 0")
-        legend = ax.get_legend()
-        if legend is not None:
-            assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)), (name, "legend over data")
+        for axis in ("x", "y"):
+            if (ax.get_xscale() if axis == "x" else ax.get_yscale()) == "log":
+                assert len(_labelled_ticks(ax, axis)) >= 2, (name, f"log {axis} axis with < 2 labelled ticks",
+                                                             _labelled_ticks(ax, axis))
         if ax.get_xscale() == "log":  # an error bar reaching 0 or below is cut off a log axis
             for coll in ax.collections:
                 for seg in getattr(coll, "get_segments", lambda: [])():
                     assert (np.asarray(seg)[:, 0] > 0).all(), (name, "error bar off the log axis")
+    for i, legend in enumerate(legends):
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), (name, "legend over the panel", ax.get_title())
+        for what, other in texts:
+            assert not box.overlaps(other), (name, "legend over", what)
+        for other in legends[i + 1:]:
+            assert not box.overlaps(other.get_window_extent(renderer)), (name, "two legends overlap")
+    # titles, axis and tick labels, footer and provenance stamp stay apart (annotations beside data points may
+    # touch each other when points are close: they are left out)
+    plain = [(what, box) for what, box in texts if not what.startswith("annotation")]
+    for i, (what, box) in enumerate(plain):
+        for other_what, other in plain[i + 1:]:
+            assert not box.overlaps(other), (name, what, "overlaps", other_what)
+    saved = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)  # what savefig(bbox="tight") keeps
+    for what, box in texts:
+        assert saved.x0 - 1 <= box.x0 and box.x1 <= saved.x1 + 1 and saved.y0 - 1 <= box.y0 and box.y1 <= saved.y1 + 1, \
+            (name, what, "outside the saved image")
     assert any("toy-" in t for t in titles), (name, titles)  # the records are toy data: say so
     assert not any("MSCOCO 5K" in t for t in titles), (name, titles)
 
 
-def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
+def build_figure_records(root, wf_default, registry, throughput=lambda rng: float(10 ** rng.uniform(4, 8))):
+    """Experiment records of every figure's experiments, two seeds, random recalls, as the pipeline writes them
+    under `root` (which must be the working directory: run folders are relative); returns load_records(...)."""
     from itrbench.data.toyscenes import generate_toyscenes
-    from itrbench.report.figures import figure_plotters, save_figure
-    FIGURES = figure_plotters()
 
-    monkeypatch.chdir(tmp_path)
     wf = copy.deepcopy(wf_default)
     wf["seeds"] = [0, 1]
     for entry in wf["datasets"].values():  # small evaluation splits for the query-length figure
@@ -364,20 +410,36 @@ def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
     paths = []
     for r in plan.runs:
         n_caps = 20 if r.dataset == "toy-f30k" else 25
-        paths.append(_record(".", r, {p: _values(rng.uniform(5, 60)) for p in r.config["data"]["protocols"]},
-                             {"pairs_per_second": float(10 ** rng.uniform(4, 8)),  # seeds 4 decades apart: a ± std bar would cross 0
+        paths.append(_record(root, r, {p: _values(rng.uniform(5, 60)) for p in r.config["data"]["protocols"]},
+                             {"pairs_per_second": throughput(rng),
                               "convergence": {"converged": bool(r.seed), "curve": {"epoch": [-1, 0, 1], "step": [0, 8, 16],
                                                                                   "rsum": sorted(rng.uniform(5, 300, 3))}}}))
-        np.savez(Path(r.run_dir) / "ranks.npz", t2i=rng.integers(0, 3, n_caps))
-        (Path(r.experiment_dir) / "alignment_uniformity.json").write_text(json.dumps(
+        np.savez(Path(root) / r.run_dir / "ranks.npz", t2i=rng.integers(0, 3, n_caps))
+        (Path(root) / r.experiment_dir / "alignment_uniformity.json").write_text(json.dumps(
             {"alignment": {"image_text": 1.1, "text_text": 0.9}, "uniformity": {"image": {"mean": 1.3, "var": 0.03},
                                                                                   "text": {"mean": 1.39, "var": 0.04}}}))
-    records = load_records(paths)
-    paper = pd.concat([load_paper_numbers(PAPER / "coder.csv"), load_paper_numbers(PAPER / "ascl.csv")])
+    return load_records(paths)
+
+
+def _figure(name, records, paper, registry, provenance="config=test scale=toy commit=abc1234 date=2026-12-03 seeds=0,1"):
+    """A figure as `itrbench figure` draws it: the plot of its experiments' records and the provenance stamp."""
+    from itrbench.report.figures import figure_plotters, stamp
+
+    members = [n for n, e in registry["experiments"].items() if name in e["figures"]]
+    fig = figure_plotters()[name](records[records["experiment"].isin(members)], paper, registry)
+    stamp(fig, provenance)
+    return fig
+
+
+def test_every_figure_renders(tmp_path, wf_default, registry, paper, monkeypatch):
+    from itrbench.report.figures import figure_plotters, save_figure
+
+    FIGURES = figure_plotters()
+    monkeypatch.chdir(tmp_path)
+    records = build_figure_records(".", wf_default, registry)  # seeds' throughputs 4 decades apart: a ± std bar would cross 0
     assert set(FIGURES) == set(registry["figures"])
-    for name, plot in FIGURES.items():
-        members = [n for n, e in registry["experiments"].items() if name in e["figures"]]
-        fig = plot(records[records["experiment"].isin(members)], paper, registry)
+    for name in FIGURES:
+        fig = _figure(name, records, paper, registry)
         check_honest_figure(fig, name)
         save_figure(fig, tmp_path / f"{name}.png")
         png = (tmp_path / f"{name}.png").read_bytes()
@@ -389,6 +451,45 @@ def test_every_figure_renders(tmp_path, wf_default, registry, monkeypatch):
     # with no runs at all a figure still renders (empty panels), so a partial pipeline can show its state
     save_figure(FIGURES["coder_table4_k"](records.iloc[:0], paper, registry), tmp_path / "empty.png")
     assert (tmp_path / "empty.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("low, high", [(4.6, 4.7), (7.3, 7.35), (3.0, 9.0)])
+def test_fig4_throughput_axis_has_labelled_ticks(tmp_path, wf_default, registry, paper, monkeypatch, low, high):
+    """Throughputs within a few percent of each other (the committed toy run: one decade tick in view, one label) or
+    six decades apart: the log axis always shows at least two labelled ticks, in the unit its label explains."""
+    monkeypatch.chdir(tmp_path)
+    records = build_figure_records(".", wf_default, registry, throughput=lambda rng: float(10 ** rng.uniform(low, high)))
+    fig = _figure("coder_fig4_latency_recall", records, paper, registry)
+    check_honest_figure(fig, "coder_fig4_latency_recall")
+    for ax in fig.axes:
+        ticks = _labelled_ticks(ax, "x")
+        assert 2 <= len(ticks) <= 10 and all("e" not in t for t in ticks), ticks  # plain numbers, not 1e+06
+        unit = re.search(r"\((\w)pps, log scale\)", ax.get_xlabel())
+        assert unit, ax.get_xlabel()  # the unit is explained once, in the footer
+        footer = "\n".join(t.get_text() for t in fig.texts)
+        words = re.search(rf"\b{unit.group(1)}pps = (\w+) image-caption pairs scored per second", footer)
+        scale = {"K": 1e3, "M": 1e6, "G": 1e9}[unit.group(1)]
+        assert words and words.group(1) == {"K": "thousand", "M": "million", "G": "billion"}[unit.group(1)]
+        # the mean point sits where the unit puts it
+        part = records[(records["experiment"].isin([n for n, e in registry["experiments"].items()
+                                                    if "coder_fig4_latency_recall" in e["figures"]]))]
+        xs = sorted(x for line in ax.get_lines() for x in np.atleast_1d(line.get_xdata()))
+        assert xs and part["pairs_per_second"].min() / scale * 0.99 <= min(xs) <= max(xs) <= part["pairs_per_second"].max() / scale * 1.01
+
+
+def test_legend_sits_under_a_two_line_x_label(tmp_path, wf_default, registry, paper, monkeypatch):
+    """CODER Table 4 (short panels) had its legends on the x label: the legend hangs under the label whatever the
+    panel height; a legend over text fails check_honest_figure, so make the labels long and the panels short."""
+    from itrbench.report.figures import finish, legend_below, new_figure
+
+    fig, axes = new_figure(1, 2, panel=(3.0, 2.4))
+    for ax in axes[0]:
+        ax.plot([1, 2, 3], [3, 1, 2], label="first series with a long name")
+        ax.plot([1, 2, 3], [2, 2, 1], label="second")
+        ax.set_xlabel("a long x label\non two lines")
+        ax.set_title("toy-f30k 1K")
+        legend_below(ax, ncol=1)
+    check_honest_figure(finish(fig, "layout", "footer line"), "two-line x label")
 
 
 # ------------------------------------------------------------------------------------------------ table defects

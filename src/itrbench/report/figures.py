@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
+import matplotlib.transforms
 
 matplotlib.use("Agg")  # files only; never needs a display
 
@@ -50,23 +51,56 @@ def new_figure(nrows: int = 1, ncols: int = 1, panel: tuple[float, float] = (3.6
 
 def finish(fig, title: str, footer: str | None = None):
     fig.suptitle(title, fontsize="large", fontweight="bold")
-    if footer:
-        fig.text(0.99, -0.01, footer, ha="right", va="top", fontsize="x-small", color="0.4")
     fig.tight_layout()
+    place_legends_below(fig)
+    if footer:
+        fig.text(0.99, below_everything(fig), footer, ha="right", va="top", fontsize="x-small", color="0.4")
     return fig
+
+
+def below_everything(fig, gap_pt: float = 3.0) -> float:
+    """The figure y coordinate just under all that is drawn so far (legends under the panels included), for a
+    footer line that must not run into a legend."""
+    bottom_in = fig.get_tightbbox(fig.canvas.get_renderer()).y0
+    return (bottom_in - gap_pt / 72.0) / fig.get_figheight()
 
 
 def stamp(fig, provenance: str) -> None:
     """The provenance line (config, scale, commit, date, seeds) under the figure, as on top of every table."""
-    fig.text(0.01, -0.05, provenance, ha="left", va="top", fontsize="x-small", color="0.4", family="monospace")
+    fig.text(0.01, below_everything(fig), provenance, ha="left", va="top", fontsize="x-small", color="0.4",
+             family="monospace")
+
+
+LEGEND_GAP_PT = 4.0  # space between a panel's x-axis label and the legend under it
 
 
 def legend_below(ax, ncol: int = 2) -> None:
-    """The legend under the panel, outside the axes, so it never covers data."""
+    """The legend under the panel, outside the axes, so it never covers data; `finish` moves it under the x label."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=ncol, fontsize="small",
-                  title=None)
+        legend = ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
+                           fontsize="small", title=None)
+        legend._itrbench_below = True
+
+
+def place_legends_below(fig) -> None:
+    """Hang every `legend_below` legend a fixed distance under its panel's tick labels and x label.
+
+    The distance is measured in points, not as a fraction of the panel height: a fraction put the legend on top of
+    a two-line x label or, in a short panel, on the tick labels (CODER Table 4 did both). Tick labels and x label do
+    not change size when `tight_layout` resizes the panels, so the offset stays right after the second layout pass.
+    """
+    legends = [ax.get_legend() for ax in fig.axes if getattr(ax.get_legend(), "_itrbench_below", False)]
+    if not legends:
+        return
+    renderer = fig.canvas.get_renderer()
+    for legend in legends:
+        ax = legend.axes
+        below = ax.get_window_extent(renderer).y0 - ax.xaxis.get_tightbbox(renderer).y0  # pixels under the frame
+        drop = (below + LEGEND_GAP_PT * fig.dpi / 72.0) / fig.dpi  # inches
+        legend.set_bbox_to_anchor((0.5, 0.0), transform=ax.transAxes + matplotlib.transforms.ScaledTranslation(
+            0.0, -drop, fig.dpi_scale_trans))
+    fig.tight_layout()  # make room for the legends where they now hang
 
 
 def data_label(records: pd.DataFrame, protocol: str) -> str:
@@ -134,37 +168,76 @@ def _on_main_protocol(records: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- CODER figures
+THROUGHPUT_UNITS = [(1e9, "Gpps", "billion"), (1e6, "Mpps", "million"), (1e3, "Kpps", "thousand")]
+
+
+def throughput_unit(pairs_per_second) -> tuple[float, str, str]:
+    """The unit that keeps the throughput tick labels short: Kpps, or Mpps / Gpps for fast similarity functions."""
+    values = np.asarray(pairs_per_second, dtype=float)
+    typical = float(np.nanmedian(values)) if values.size and np.isfinite(values).any() else 1e3
+    return next((u for u in THROUGHPUT_UNITS if typical >= 10 * u[0]), THROUGHPUT_UNITS[-1])
+
+
+def tick_text(value: float) -> str:
+    """A tick label without exponent notation: 20, 2,000, 0.5."""
+    return f"{value:,.0f}" if value >= 1 and float(value).is_integer() else f"{value:g}"
+
+
+def readable_log_ticks(ax, axis: str = "x") -> None:
+    """At least two labelled ticks inside the view of a log axis: decades, else 1-2-5, else every digit, else three
+    rounded values spread over the view. Matplotlib labels decades only, which left a one-tick axis (CODER Fig. 4)."""
+    lo, hi = (ax.get_xlim() if axis == "x" else ax.get_ylim())
+    lo, hi = min(lo, hi), max(lo, hi)
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for subs in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [float(f"{m * 10.0 ** e:.12g}") for e in decades for m in subs if lo <= m * 10.0 ** e <= hi]
+        if len(ticks) >= 2:
+            break
+    else:
+        ticks = sorted({float(f"{t:.2g}") for t in np.geomspace(lo, hi, 5)[1:-1]})
+    set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
+    set_ticks(ticks, labels=[tick_text(t) for t in ticks])
+    set_ticks([], minor=True)
+    (ax.set_xlim if axis == "x" else ax.set_ylim)(lo, hi)  # set_ticks may widen the view; keep the margins
+
+
 def plot_coder_fig4_latency_recall(records, paper, registry):
     """Similarity throughput (pairs/s, log) against R@sum: one point per method and data set."""
     recs = _on_main_protocol(records)
     datasets = [d for d in ("f30k", "coco") if d in set(recs["dataset_key"])] or ["f30k"]
+    scale, unit, words = throughput_unit(recs["pairs_per_second"] if len(recs) else [])
     fig, axes = new_figure(1, len(datasets), panel=(4.2, 3.3))
     for ax, ds in zip(axes[0], datasets):
         part = recs[recs["dataset_key"] == ds]
         if part.empty:
             empty_panel(ax, "no runs yet")
             continue
-        part = part.assign(kpps=part["pairs_per_second"].astype(float) / 1e3)
-        summary = summarise(part, ["method"], ["kpps", "rsum"])
+        part = part.assign(tput=part["pairs_per_second"].astype(float) / scale)
+        summary = summarise(part, ["method"], ["tput", "rsum"])
         # throughput bar = min..max over seeds: a ± std bar can reach below 0, i.e. off a log axis
-        spread = part.groupby("method")["kpps"].agg(["min", "max"])
+        spread = part.groupby("method")["tput"].agg(["min", "max"])
         for rec in summary.to_dict("records"):
             lo, hi = spread.loc[rec["method"], "min"], spread.loc[rec["method"], "max"]
-            xerr = [[rec["kpps_mean"] - lo], [hi - rec["kpps_mean"]]]
-            ax.errorbar(rec["kpps_mean"], rec["rsum_mean"], xerr=xerr, yerr=rec["rsum_std"], fmt="o",
+            xerr = [[rec["tput_mean"] - lo], [hi - rec["tput_mean"]]]
+            ax.errorbar(rec["tput_mean"], rec["rsum_mean"], xerr=xerr, yerr=rec["rsum_std"], fmt="o",
                         color=METHOD_COLORS.get(rec["method"]), label=METHOD_LABELS.get(rec["method"], rec["method"]))
-            ax.annotate(METHOD_LABELS.get(rec["method"], rec["method"]), (rec["kpps_mean"], rec["rsum_mean"]),
-                        textcoords="offset points", xytext=(6, 4), fontsize="small")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("similarity throughput (Kpps = thousand\nimage-caption pairs scored per second, log scale)")
+        ax.margins(x=0.25, y=0.2)  # room for the labels beside the points
+        readable_log_ticks(ax, "x")
+        (x0, x1) = np.log10(ax.get_xlim())
+        for rec in summary.to_dict("records"):
+            # the method's name beside its point, on the side with room, so it stays inside the panel
+            right = (np.log10(rec["tput_mean"]) - x0) / (x1 - x0) < 0.55
+            ax.annotate(METHOD_LABELS.get(rec["method"], rec["method"]), (rec["tput_mean"], rec["rsum_mean"]),
+                        textcoords="offset points", xytext=(6 if right else -6, 4), ha="left" if right else "right",
+                        fontsize="small")
+        ax.set_xlabel(f"similarity throughput ({unit}, log scale)")
         ax.set_ylabel("R@sum")
         ax.set_title(data_label(part, main_protocol(ds)))
-        ax.margins(x=0.25, y=0.2)  # room for the labels beside the points
     footer = seeds_footer(recs)
     return finish(fig, "CODER Fig. 4: throughput vs recall",
-                  footer and f"R@sum {footer}; throughput mean, bar = min..max over the same seeds")
+                  footer and f"{unit} = {words} image-caption pairs scored per second\n"
+                             f"R@sum {footer}; throughput mean, bar = min..max over the same seeds")
 
 
 # ---------------------------------------------------------------------------------------------- AsCL figures

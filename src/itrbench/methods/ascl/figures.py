@@ -6,13 +6,17 @@ library. Each plotter takes the experiments' records, the paper numbers and the 
 from __future__ import annotations
 
 from itrbench.report.figures import (
-    PALETTE, _on_main_protocol, data_label, empty_panel, finish, new_figure, seeds_footer, summarise, with_column,
+    PALETTE, _on_main_protocol, data_label, empty_panel, finish, main_protocol, new_figure, seeds_footer, summarise,
+    with_column,
 )
 
 
 def plot_ascl_fig3_samples(records, paper, registry):
     """R@sum per kind of generated positive (negatives as in the full model) and negative (positives likewise)."""
     recs = _on_main_protocol(records)
+    # one data set per figure (the registry runs Fig. 3 on Flickr30K only): never a mean over two data sets
+    ds = "coco" if (recs["dataset_key"] == "coco").any() else "f30k"
+    recs = recs[recs["dataset_key"] == ds]
     recs = with_column(with_column(recs, "positives", "ascl.positives"), "negatives", "ascl.negatives")
     bases = registry.get("bases", {}).get("ascl", {}).get("ascl", {})
     full_pos, full_neg = bases.get("positives", "both"), bases.get("negatives", "mixture")
@@ -30,9 +34,8 @@ def plot_ascl_fig3_samples(records, paper, registry):
             ax.errorbar(list(summary.index), summary["rsum_mean"], yerr=summary["rsum_std"], fmt="o", color=PALETTE[1],
                         capsize=4)
             ax.margins(x=0.15, y=0.25)
-        ax.set_title(title)
-        ax.set_ylabel(f"R@sum ({data_label(recs, 'coco_5k') if (recs['dataset_key'] == 'coco').any() else data_label(recs, 'f30k_1k')})"
-                      if len(recs) else "R@sum")
+        ax.set_title(f"{title}\n{data_label(recs, main_protocol(ds))}" if len(recs) else title)
+        ax.set_ylabel("R@sum")
     return finish(fig, "AsCL Fig. 3: generated samples (mean ± std over seeds)", seeds_footer(recs))
 
 

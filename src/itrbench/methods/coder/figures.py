@@ -65,13 +65,13 @@ def plot_coder_table4_k(records, paper, registry):
         summary = summarise(recs, ["K"], [m for m, _, _ in series])
         for m, label, color in series:
             ax.errorbar(summary["K"], summary[f"{m}_mean"], yerr=summary[f"{m}_std"], label=label, color=color, **STYLE_ON)
-        legend_below(ax)
+        legend_below(ax, ncol=1)  # one column: two columns were wider than the panel and ran into the next legend
     ax.set_title(f"reproduced ({data_label(recs, 'f30k_1k')})")
     ax = axes[0, 1]
     for m, label, color in series:
         ax.plot(ref["K"], ref[m], label=label, color=color, marker="D", linestyle=":")
     ax.set_title("paper (Flickr30K 1K, Table 4)")
-    legend_below(ax)
+    legend_below(ax, ncol=1)
     for ax in axes[0]:
         ax.set_xlabel("PGC clusters K (paper scale)")
         ax.set_ylabel("R@1")
