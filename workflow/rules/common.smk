@@ -2,8 +2,10 @@
 # Functions only (no rules): every path is derived here from the workflow config and the registry.
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 from snakemake.exceptions import WorkflowError
@@ -325,6 +327,61 @@ def figure_caption(wildcards):
 
 def table_caption(wildcards):
     return REGISTRY["tables"][wildcards.table].get("title", wildcards.table)
+
+
+# ------------------------------------------------------------------------------------------------- experiment records
+# One records job writes the records of many runs (one job per record was half the DAG). Runs are grouped by data set,
+# method and *readers* (the tables, claims and figures whose inputs list the record), so a target that needs one record
+# of a job needs all of them: no target makes a record, or trains a run, that it does not read.
+RECORD_SCRIPT_CHARS = 60_000  # one job's shell command; Linux caps a single argument (`bash -c CMD`) at 128 KiB
+
+
+def record_readers():
+    """{record metrics.json path: names of the tables / claims / figures reading it}, from the rules' input functions."""
+    readers = {}
+    inputs = [(t, table_inputs(SimpleNamespace(table=t))) for t in REGISTRY["tables"]]
+    inputs += [("claims", claims_inputs(None))] + [(f, figure_inputs(SimpleNamespace(figure=f))) for f in REGISTRY["figures"]]
+    for name, given in inputs:
+        for path in given["metrics"]:
+            readers.setdefault(path, set()).add(name)
+    return readers
+
+
+def record_script(run):
+    """Shell lines filling one record folder: the run's metrics and config file, and the pointer to the run."""
+    folder = shlex.quote(run.experiment_dir)
+    config = shlex.quote(reg.RUN_CONFIG.format(hash=run.hash, seed=run.seed))
+    return (f"cp {shlex.quote(run.run_dir)}/metrics.json {folder}/metrics.json && cp {config} {folder}/config.yaml"
+            f" && printf '%s\\n' {shlex.quote(reg.run_pointer_text(run))} > {folder}/run.json")
+
+
+def record_jobs():
+    """The records jobs: [{name, stem, runs, script}], one per (data set, method, readers), split where the script
+    would pass RECORD_SCRIPT_CHARS. `stem` (<dataset>/<method>.<k>) names the job's log and benchmark."""
+    readers = record_readers()
+    groups = {}
+    for run in PLAN.runs:
+        key = (run.dataset, run.method, frozenset(readers.get(f"{run.experiment_dir}/metrics.json", ())))
+        groups.setdefault(key, []).append(run)
+    jobs, index = [], {}
+    for (dataset, method, _), runs in groups.items():
+        parts, size = [[]], 0
+        for run in runs:
+            if parts[-1] and size + len(record_script(run)) > RECORD_SCRIPT_CHARS:
+                parts.append([])
+                size = 0
+            parts[-1].append(run)
+            size += len(record_script(run)) + 4
+        for part in parts:
+            k = index[(dataset, method)] = index.get((dataset, method), 0) + 1
+            name = re.sub(r"\W", "_", f"records_{dataset}_{method}_{k}")
+            jobs.append({"name": name, "stem": f"{dataset}/{method}.{k}", "runs": part,
+                         "script": " && ".join(record_script(r) for r in part)})
+    names = [j["name"] for j in jobs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise WorkflowError(f"{CONFIG_SOURCE}: data set names that differ only in punctuation would share records rules: {clash}")
+    return jobs
 
 
 def bench_outputs():

@@ -1,33 +1,30 @@
 # Evaluation stage. `itrbench train` already evaluates every protocol of a run (metrics.json); here each experiment
 # gets its own record under results/<dataset>/<method>/<experiment>/seed<k>/ (SPEC §5): a copy of the shared run's
-# metrics.json, the resolved config.yaml and run.json, which points at the hash-keyed run folder.
+# metrics.json and of the run config it trained from (config.yaml), and run.json, which points at the hash-keyed run
+# folder. Few jobs write them all: one rule per group of records_jobs() (common.smk), its records listed as outputs.
 
 
-localrules:
-    experiment_record,
+for _job in record_jobs():
 
-
-rule experiment_record:
-    input:
-        lambda w: f"{experiment_run(w).run_dir}/metrics.json",
-    output:
-        metrics="results/{dataset}/{method}/{experiment}/seed{seed}/metrics.json",
-        config="results/{dataset}/{method}/{experiment}/seed{seed}/config.yaml",
-        pointer="results/{dataset}/{method}/{experiment}/seed{seed}/run.json",
-    params:
-        config=lambda w: reg.run_config_text(experiment_run(w).config, int(w.seed)),
-        pointer=lambda w: reg.run_pointer_text(experiment_run(w)),
-    benchmark:
-        "results/benchmarks/experiment_record/{dataset}/{method}/{experiment}/seed{seed}.tsv",
-    log:
-        "results/logs/experiments/{dataset}/{method}/{experiment}/seed{seed}.log",
-    wildcard_constraints:
-        dataset=one_of(experiment_datasets()),
-    conda:
-        "../../environment.yml"
-    shell:
-        "(cp {input} {output.metrics} && printf '%s' {params.config:q} > {output.config}"
-        " && printf '%s\\n' {params.pointer:q} > {output.pointer}) 2> {log}"
+    rule:
+        name:
+            _job["name"]
+        input:
+            metrics=[f"{r.run_dir}/metrics.json" for r in _job["runs"]],
+            config=[reg.RUN_CONFIG.format(hash=r.hash, seed=r.seed) for r in _job["runs"]],
+        output:
+            [f"{r.experiment_dir}/{name}" for r in _job["runs"] for name in ("metrics.json", "config.yaml", "run.json")],
+        params:
+            script=_job["script"],
+        benchmark:
+            f"results/benchmarks/records/{_job['stem']}.tsv"
+        log:
+            f"results/logs/records/{_job['stem']}.log",
+        localrule: True
+        conda:
+            "../../environment.yml"
+        shell:
+            "({params.script}) 2> {log}"
 
 
 rule alignment_uniformity:
