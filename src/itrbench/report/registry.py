@@ -353,7 +353,7 @@ def run_pointer_text(run: Run) -> str:
 
 
 def write_experiment_record(run: Run, metrics_path: str | Path, out_dir: str | Path) -> None:
-    """Fill an experiment's seed folder as the pipeline's `experiment_record` rule does (used outside Snakemake)."""
+    """Fill an experiment's seed folder as the pipeline's `records_*` rules do (used outside Snakemake)."""
     out_dir = Path(out_dir)
     for name, text in (("config.yaml", run_config_text(run.config, run.seed)), ("run.json", run_pointer_text(run) + "\n"),
                        ("metrics.json", Path(metrics_path).read_text())):
