@@ -1,7 +1,7 @@
 # Evaluation stage. `itrbench train` already evaluates every protocol of a run (metrics.json); here each experiment
 # gets its own record under results/<dataset>/<method>/<experiment>/seed<k>/ (SPEC §5): a copy of the shared run's
 # metrics.json and of the run config it trained from (config.yaml), and run.json, which points at the hash-keyed run
-# folder. Few jobs write them all: one rule per group of records_jobs() (common.smk), its records listed as outputs.
+# folder. Few jobs write them all: one rule per group of record_jobs() (common.smk), its records listed as outputs.
 
 
 for _job in record_jobs():
