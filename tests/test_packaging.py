@@ -14,13 +14,24 @@ def _names(reqs):
 
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = _names(project["dependencies"]) | _names(project["optional-dependencies"]["test"])
+    extras = project["optional-dependencies"]
+    # `test` pulls in the workflow through the self-reference itrbench[pipeline]; environment.yml lists it flat
+    assert "itrbench[pipeline]" in extras["test"]
+    flat = project["dependencies"] + extras["pipeline"] + [r for r in extras["test"] if not r.startswith("itrbench")]
+    wanted = _names(flat)
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = _names(p for p in pip if not p.startswith("-e"))
     assert listed == wanted, f"only in pyproject: {wanted - listed}; only in environment.yml: {listed - wanted}"
     # same version bounds too
-    assert sorted(p for p in pip if not p.startswith("-e")) == sorted(project["dependencies"] + project["optional-dependencies"]["test"])
+    assert sorted(p for p in pip if not p.startswith("-e")) == sorted(flat)
+
+
+def test_library_dependencies_leave_out_the_workflow():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not _names(project["dependencies"]) & {"snakemake", "snakemake-executor-plugin-slurm"}
+    readme = (ROOT / "README.md").read_text()
+    assert 'pip install -q -e ".[pipeline]" && snakemake --cores all tables figures' in readme
 
 
 def test_ci_runs_the_readme_test_command():

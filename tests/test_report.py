@@ -477,6 +477,21 @@ def test_fig4_throughput_axis_has_labelled_ticks(tmp_path, wf_default, registry,
         assert xs and part["pairs_per_second"].min() / scale * 0.99 <= min(xs) <= max(xs) <= part["pairs_per_second"].max() / scale * 1.01
 
 
+def test_fig4_labels_of_close_methods_do_not_overlap(tmp_path, wf_default, registry, paper, monkeypatch):
+    """Every method at the same throughput and recall (worst case): the names beside the points stay apart."""
+    monkeypatch.chdir(tmp_path)
+    records = build_figure_records(".", wf_default, registry, throughput=lambda rng: 1e5)
+    records = records.assign(**{col: 50.0 for col in records.columns if col.endswith(("r1", "r5", "r10"))})
+    fig = _figure("coder_fig4_latency_recall", records, paper, registry)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) >= 3, [t.get_text() for t in ax.texts]
+        for i, box in enumerate(boxes):
+            assert not any(box.overlaps(other) for other in boxes[i + 1:]), [t.get_text() for t in ax.texts]
+
+
 def test_legend_sits_under_a_two_line_x_label(tmp_path, wf_default, registry, paper, monkeypatch):
     """CODER Table 4 (short panels) had its legends on the x label: the legend hangs under the label whatever the
     panel height; a legend over text fails check_honest_figure, so make the labels long and the panels short."""

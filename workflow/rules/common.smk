@@ -11,7 +11,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# Import the package from this checkout (the rules' `itrbench` commands should be the same install: pip install -e .).
+# Import the package from this checkout (the rules' `itrbench` commands should be the same install: pip install -e ".[pipeline]").
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from itrbench.config import check_globs, coerce_to_schema  # noqa: E402

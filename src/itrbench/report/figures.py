@@ -201,12 +201,31 @@ def readable_log_ticks(ax, axis: str = "x") -> None:
     (ax.set_xlim if axis == "x" else ax.set_ylim)(lo, hi)  # set_ticks may widen the view; keep the margins
 
 
+def separate_labels(fig, labels, gap_points: float = 1.0):
+    """Move point labels down until none overlaps another: two methods with close throughput and recall (the
+    cross-attention methods on the toy) would otherwise print their names on top of each other."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for label in sorted(labels, key=lambda a: -a.get_window_extent(renderer).y1):
+        for _ in range(len(labels)):
+            box = label.get_window_extent(renderer)
+            hits = [other for other in placed if box.overlaps(other)]
+            if not hits:
+                break
+            shift = (box.y1 - min(other.y0 for other in hits)) * 72 / fig.dpi + gap_points
+            x, y = label.xyann
+            label.xyann = (x, y - shift)
+        placed.append(label.get_window_extent(renderer))
+
+
 def plot_coder_fig4_latency_recall(records, paper, registry):
     """Similarity throughput (pairs/s, log) against R@sum: one point per method and data set."""
     recs = _on_main_protocol(records)
     datasets = [d for d in ("f30k", "coco") if d in set(recs["dataset_key"])] or ["f30k"]
     scale, unit, words = throughput_unit(recs["pairs_per_second"] if len(recs) else [])
     fig, axes = new_figure(1, len(datasets), panel=(4.2, 3.3))
+    point_labels = []
     for ax, ds in zip(axes[0], datasets):
         part = recs[recs["dataset_key"] == ds]
         if part.empty:
@@ -228,16 +247,19 @@ def plot_coder_fig4_latency_recall(records, paper, registry):
         for rec in summary.to_dict("records"):
             # the method's name beside its point, on the side with room, so it stays inside the panel
             right = (np.log10(rec["tput_mean"]) - x0) / (x1 - x0) < 0.55
-            ax.annotate(METHOD_LABELS.get(rec["method"], rec["method"]), (rec["tput_mean"], rec["rsum_mean"]),
-                        textcoords="offset points", xytext=(6 if right else -6, 4), ha="left" if right else "right",
-                        fontsize="small")
+            name = METHOD_LABELS.get(rec["method"], rec["method"])
+            point_labels.append(ax.annotate(name, (rec["tput_mean"], rec["rsum_mean"]), textcoords="offset points",
+                                            xytext=(6 if right else -6, 4), ha="left" if right else "right",
+                                            fontsize="small"))
         ax.set_xlabel(f"similarity throughput ({unit}, log scale)")
         ax.set_ylabel("R@sum")
         ax.set_title(data_label(part, main_protocol(ds)))
     footer = seeds_footer(recs)
-    return finish(fig, "CODER Fig. 4: throughput vs recall",
-                  footer and f"{unit} = {words} image-caption pairs scored per second\n"
-                             f"R@sum {footer}; throughput mean, bar = min..max over the same seeds")
+    finish(fig, "CODER Fig. 4: throughput vs recall",
+           footer and f"{unit} = {words} image-caption pairs scored per second\n"
+                      f"R@sum {footer}; throughput mean, bar = min..max over the same seeds")
+    separate_labels(fig, point_labels)  # after the layout: it moves the points on the page
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- AsCL figures
