@@ -117,7 +117,7 @@ def random_bert(folder: Path, shape: dict) -> Path:
 
 def run_config(method: str, args, shape: dict, data_root: Path, encoder: Path, device) -> dict:
     from itrbench.config import validate
-    from itrbench.report.registry import load_registry, load_workflow_config, resolve_experiment
+    from itrbench.experiments.plan import load_registry, load_workflow_config, resolve_experiment
 
     os.environ.setdefault("ITRBENCH_DATA", str(data_root))
     wf = load_workflow_config(REPO / "workflow/config/paper.yaml", REPO / "workflow/config/schema.yaml")

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from itrbench.data.precomp import open_split
     from itrbench.data.toyscenes import generate_toyscenes
     from itrbench.evaluation import evaluate_model
-    from itrbench.report.registry import load_registry, load_workflow_config, resolve_experiment
+    from itrbench.experiments.plan import load_registry, load_workflow_config, resolve_experiment
     from itrbench.training import Trainer, text_cache
     t_import = cpu() - t_start
 

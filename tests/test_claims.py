@@ -12,7 +12,7 @@ from itrbench.cli import main
 from itrbench.errors import ConfigError
 from itrbench.report.claims import (AGREES, CONTRADICTS, INCONCLUSIVE, NOT_RUN, evaluate_claim, load_claims,
                                     short_query_t2i_r1, t_interval, verdict)
-from itrbench.report.registry import load_registry
+from itrbench.experiments.plan import load_registry
 from itrbench.report.tables import load_paper_numbers
 
 REPO = Path(__file__).resolve().parents[1]

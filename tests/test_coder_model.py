@@ -316,7 +316,7 @@ def test_instance_and_concept_diversity_are_separate_switches(tmp_path, concept_
 def test_table3_rows_differ_from_the_full_model_only_in_instance_level_keys():
     from pathlib import Path
 
-    from itrbench.report import registry as reg
+    from itrbench.experiments import plan as reg
 
     repo = Path(__file__).resolve().parents[1]
     wf = reg.load_workflow_config(repo / "workflow/config/default.yaml", repo / "workflow/config/schema.yaml")

@@ -111,7 +111,7 @@ def test_tables_mark_unconverged_runs_and_drop_delta_at_toy_scale():
 
     import pandas as pd
 
-    from itrbench.report.registry import load_registry
+    from itrbench.experiments.plan import load_registry
     from itrbench.report.tables import RECALLS, build_table, load_paper_numbers, to_markdown
 
     repo = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import pytest
 from itrbench import methods
 from itrbench.config import run_schema, validate
 from itrbench.errors import ConfigError
-from itrbench.report import registry as reg
+from itrbench.experiments import plan as reg
 
 
 def test_discovers_every_method_package():
@@ -125,8 +125,9 @@ def test_spec_import_paths_are_the_method_packages_objects():
 
 
 def test_library_imports_without_snakemake_or_the_report():
-    """The core library (data, methods and their models, losses, evaluation, training) is usable without Snakemake:
-    imported in a fresh interpreter where `import snakemake` fails, it loads neither snakemake nor itrbench.report."""
+    """The core library (data, methods and their models, losses, evaluation, training) and the experiment planner
+    are usable without Snakemake: imported in a fresh interpreter where `import snakemake` fails, they load neither
+    snakemake nor itrbench.report, and the registry loads and lays out its runs."""
     import os
     import subprocess
     import sys
@@ -138,13 +139,17 @@ def test_library_imports_without_snakemake_or_the_report():
         "import sys",
         "sys.modules['snakemake'] = None  # any `import snakemake...` now raises ImportError",
         "import itrbench, itrbench.methods, itrbench.evaluation, itrbench.losses, itrbench.concepts, itrbench.data",
-        "import itrbench.data.precomp, itrbench.training",
+        "import itrbench.data.precomp, itrbench.training, itrbench.experiments",
+        "from itrbench.experiments import layout, plan",
+        "registry = plan.load_registry('workflow/experiments.yaml')",
+        "assert registry['experiments'] and layout.RUN_METRICS.format(hash='0' * 16, seed=0).endswith('/metrics.json')",
         "from itrbench import methods",
         "classes = [p.model_class() for p in methods.all_plugins()]",
         "loaded = sorted(m for m in sys.modules if m.startswith(('itrbench.report', 'snakemake.')))",
         "print(len(classes), loaded)",
     ])
     env = {**os.environ, "PYTHONPATH": str(Path(itrbench.__file__).parents[1])}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == f"{len(methods.names())} []", run.stdout

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from itrbench import methods
-from itrbench.report import registry as reg
+from itrbench.experiments import layout, plan as reg
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "workflow" / "config"
@@ -211,6 +211,32 @@ def test_misspelt_override_key_fails_naming_registry(tmp_path):
     assert rc != 0
     assert f"{registry} (experiments/coder/table2/row4/overrides): unknown key 'train.epochz'" in out
     assert not (tmp_path / "wd" / "results").exists()
+
+
+def test_figure_inputs_follow_the_registrys_needs_not_the_figure_name(tmp_path):
+    """common.smk builds a figure's extra inputs from its `needs` in experiments.yaml: moved from AsCL Fig. 4 to the
+    learning curves, the alignment/uniformity jobs follow (only the runs evaluating coco_5k), and captions too."""
+    data = yaml.safe_load((REPO / "workflow" / "experiments.yaml").read_text())
+    data["figures"]["ascl_fig4_alignment_uniformity"]["needs"] = []
+    data["figures"]["toy_learning_curves"]["needs"] = [{"input": "alignment_uniformity", "protocol": "coco_5k"},
+                                                       {"input": "captions"}]
+    registry = tmp_path / "experiments.yaml"
+    registry.write_text(yaml.safe_dump(data, allow_unicode=True))
+    rc, out = snakemake("-n", "all", "--configfile", str(CONFIGS / "tiny.yaml"), "--config", f"experiments={registry}",
+                        "--directory", str(tmp_path / "wd"))
+    assert rc == 0, out
+    wf = {**reg.load_workflow_config(CONFIGS / "tiny.yaml", SCHEMA), "experiments": str(registry)}
+    plan = reg.plan_runs(wf, reg.load_registry(registry))
+    curves = plan.runs_of(plan.experiments_of_figure("toy_learning_curves"))
+    coco_5k = {r.path(layout.RECORD_EXTRAS["alignment_uniformity"]) for r in curves if "coco_5k" in r.config["data"]["protocols"]}
+    assert coco_5k and len(coco_5k) < len(curves)
+    measured = {re.search(r"^\s+output: (.*)$", b, re.M).group(1) for b in jobs_of(out, "alignment_uniformity")}
+    assert measured == coco_5k
+    inputs = {re.search(r"wildcards: figure=(\w+)", b).group(1): re.search(r"^\s+input: (.*)$", b, re.M).group(1).split(", ")
+              for b in jobs_of(out, "figure")}
+    assert coco_5k <= set(inputs["toy_learning_curves"])
+    assert {f"data/toy/{r.dataset}_precomp" for r in curves} <= set(inputs["toy_learning_curves"])
+    assert not any(p.endswith("alignment_uniformity.json") for p in inputs["ascl_fig4_alignment_uniformity"])
 
 
 FAKE_ITRBENCH = '''#!{python}

@@ -11,7 +11,7 @@ import yaml
 
 from itrbench.cli import main
 from itrbench.errors import ConfigError, DataError
-from itrbench.report import registry as reg
+from itrbench.experiments import layout, plan as reg
 from itrbench.report.tables import (
     METRICS, NOT_RUN, REPORTED_ONLY, build_table, load_paper_numbers, load_records,
 )
@@ -177,6 +177,10 @@ def _write_registry(tmp_path, mutate):
     (lambda d: d["experiments"]["coder/table2/row3"].update(reports=[{"table": "coder_table9", "row": "3"}]), "coder_table9"),
     (lambda d: d["experiments"]["coder/table2/row3"].update(reports=[{"table": "coder_table2", "row": "2"}]), "already reported"),
     (lambda d: d["experiments"]["coder/table2/row3"].update(datasets=["flickr"]), "datasets"),
+    (lambda d: d["figures"]["ascl_fig5_query_length"].update(needs=[{"input": "depth_maps"}]),
+     "figures.ascl_fig5_query_length.needs.0.input' must be one of ['captions', 'alignment_uniformity']"),
+    (lambda d: d["figures"]["ascl_fig5_query_length"].update(needs=[{"input": "captions", "protocol": "coco_9k"}]),
+     "figures.ascl_fig5_query_length.needs.0.protocol"),
 ])
 def test_registry_errors_name_file_and_key(tmp_path, mutate, needle):
     if needle == "coder.mdlc":
@@ -415,7 +419,7 @@ def build_figure_records(root, wf_default, registry, throughput=lambda rng: floa
                               "convergence": {"converged": bool(r.seed), "curve": {"epoch": [-1, 0, 1], "step": [0, 8, 16],
                                                                                   "rsum": sorted(rng.uniform(5, 300, 3))}}}))
         np.savez(Path(root) / r.run_dir / "ranks.npz", t2i=rng.integers(0, 3, n_caps))
-        (Path(root) / r.experiment_dir / "alignment_uniformity.json").write_text(json.dumps(
+        (Path(root) / r.path(layout.RECORD_EXTRAS["alignment_uniformity"])).write_text(json.dumps(
             {"alignment": {"image_text": 1.1, "text_text": 0.9}, "uniformity": {"image": {"mean": 1.3, "var": 0.03},
                                                                                   "text": {"mean": 1.39, "var": 0.04}}}))
     return load_records(paths)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from itrbench.report import registry as reg
+from itrbench.experiments import plan as reg
 from test_pipeline import CONFIGS, SCHEMA, _fake_env, jobs_of, snakemake
 
 FAIL_FIRST_TRAIN = '''#!{python}

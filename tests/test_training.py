@@ -94,3 +94,28 @@ def test_nan_features_fail_cleanly(tiny_run_config, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test_ims.npy" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_trainer_and_kmeans_threads_come_from_one_affinity_helper(monkeypatch):
+    """set_threads: the config's `threads`, else every core of the CPU affinity (not capped); PGC's k-means: torch's
+    setting capped by that affinity. Both count cores through utils.cpu_threads."""
+    import os
+
+    import torch
+
+    from itrbench.methods.coder.pgc import job_threads
+    from itrbench.training import set_threads
+    from itrbench.utils import cpu_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5})  # the job was given 3 of the machine's cores
+    assert cpu_threads() == cpu_threads(None) == cpu_threads(0) == 3
+    assert cpu_threads(8) == 8 and cpu_threads(8, cap=True) == 3 and cpu_threads(2, cap=True) == 2
+    before = torch.get_num_threads()
+    try:
+        assert set_threads({"threads": None}) == 3 and torch.get_num_threads() == 3
+        assert set_threads({"threads": 5}) == 5 and torch.get_num_threads() == 5  # asked for: not capped
+        assert job_threads() == 3  # torch's 5, capped by the affinity
+        torch.set_num_threads(2)
+        assert job_threads() == 2
+    finally:
+        set_threads({"threads": before})  # torch's and faiss's setting as the suite had them

@@ -29,11 +29,12 @@ from itrbench.evaluation import to_device
 from itrbench.models.base import ModelContext, build_model
 from itrbench.text import (TextEncoder, cache_is_current, cache_token_features, clean_stale_temps, load_token_cache,
                            text_cache_key, token_cache_path)
-from itrbench.utils import atomic_path, git_commit, package_versions, resolve_device, seed_everything, write_json
+from itrbench.utils import (atomic_path, cpu_threads, git_commit, package_versions, resolve_device, seed_everything,
+                            write_json)
 
 
 def set_threads(config: dict) -> int:
-    n = config.get("threads") or len(os.sched_getaffinity(0))
+    n = cpu_threads(config.get("threads"))
     torch.set_num_threads(n)
     try:
         import faiss

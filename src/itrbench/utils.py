@@ -57,6 +57,18 @@ def save_npy(path, array) -> None:
         np.save(tmp, array)
 
 
+def cpu_threads(requested: int | None = None, cap: bool = False) -> int:
+    """CPU threads for this job: `requested`, or when unset (None, 0) every core of the process's CPU affinity (what
+    SLURM or taskset gave the job, not the machine's count); with `cap`, never more than that affinity."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    if not requested:
+        return cores
+    return max(1, min(cores, requested)) if cap else requested
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

@@ -12,7 +12,7 @@ rule bench_script:
     input:
         script=lambda w: repo_path(f"bench/{w.name}.py"),
     output:
-        "results/bench/{name}.txt",
+        layout.BENCH_OUTPUT,
     wildcard_constraints:
         name=r"[A-Za-z0-9_]+",
     benchmark:

@@ -1,5 +1,6 @@
 # Shared set-up: config loading and validation, the experiment plan, and the input/param functions of the rules.
-# Functions only (no rules): every path is derived here from the workflow config and the registry.
+# Functions only (no rules). Paths under results/ come from itrbench.experiments.layout (spelt there once), the
+# runs from the registry's plan; figures' extra inputs from what each declares (experiments.yaml `needs`).
 import os
 import re
 import shlex
@@ -18,7 +19,7 @@ from itrbench.config import check_globs, coerce_to_schema  # noqa: E402
 from itrbench import methods  # noqa: E402
 from itrbench.errors import ConfigError  # noqa: E402
 from itrbench.joblogs import print_job_errors  # noqa: E402,F401  (train.smk's onerror)
-from itrbench.report import registry as reg  # noqa: E402
+from itrbench.experiments import layout, plan as reg  # noqa: E402
 from itrbench.text import token_cache_path  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def data_ready(dataset):
     entry = DATASETS[dataset]
     if entry["source"] == "toy":
         return f"{entry['root']}/{dataset}_precomp"
-    return f"results/data/{dataset}.validated.txt"
+    return layout.DATA_VALIDATED.format(dataset=dataset)
 
 
 def real_split_files(wildcards):
@@ -219,13 +220,13 @@ def experiment_run(wildcards):
         return PLAN.by_experiment[(wildcards.experiment, wildcards.dataset, int(wildcards.seed))]
     except KeyError:
         raise WorkflowError(
-            f"results/{wildcards.dataset}/{wildcards.method}/{wildcards.experiment}/seed{wildcards.seed}: not a run of "
-            f"the selected experiments of {CONFIG_SOURCE}"
+            f"{layout.EXPERIMENT_DIR.format(**dict(wildcards.items()))}: not a run of the selected experiments of "
+            f"{CONFIG_SOURCE}"
         ) from None
 
 
 def experiment_metrics(runs):
-    return [f"{r.experiment_dir}/metrics.json" for r in runs]
+    return [r.path(layout.RECORD_METRICS) for r in runs]
 
 
 def experiment_datasets():
@@ -236,13 +237,13 @@ def experiment_datasets():
 # Every config writes its tables and figures under results/<config name>/ (the report shows one config); only a
 # config with `publish: true` (the default) copies them to the committed tables/ and figures/, via the targets
 # `tables` and `figures`.
-OUT = f"results/{WF['name']}"
+OUT = layout.config_dir(WF["name"])
 TABLE_FORMATS = ("md", "csv", "html")
 
 
 def table_outputs():
-    return [f"{OUT}/tables/{name}.{ext}" for name in REGISTRY["tables"] for ext in TABLE_FORMATS] + [
-        f"{OUT}/tables/claims.{ext}" for ext in ("md", "csv")
+    return [layout.table_file(WF["name"], name, ext) for name in REGISTRY["tables"] for ext in TABLE_FORMATS] + [
+        layout.table_file(WF["name"], "claims", ext) for ext in ("md", "csv")
     ]
 
 
@@ -295,7 +296,7 @@ def claims_inputs(wildcards):
 
 
 def figure_outputs():
-    return [f"{OUT}/figures/{name}.png" for name in REGISTRY["figures"]]
+    return [layout.figure_file(WF["name"], name) for name in REGISTRY["figures"]]
 
 
 def published_figures():
@@ -310,14 +311,17 @@ def paper_numbers(paper):
 
 
 def figure_inputs(wildcards):
+    """The figure's records, registry and paper numbers, plus the extra inputs it declares (experiments.yaml `needs`):
+    a file a rule adds to each record (layout.RECORD_EXTRAS), or the data sets' captions; a need's `protocol` keeps
+    only the runs whose data set evaluates that protocol (e.g. a figure plotting MS-COCO 5K measures just those)."""
     runs = PLAN.runs_of(PLAN.experiments_of_figure(wildcards.figure))
     inputs = {"metrics": experiment_metrics(runs), "registry": REGISTRY_FILE, "paper": [paper_numbers(p) for p in PAPERS]}
-    if wildcards.figure == "ascl_fig4_alignment_uniformity":
-        # the figure reads only coco_5k records: measure just the runs whose data set evaluates that protocol
-        inputs["extra"] = [f"{r.experiment_dir}/alignment_uniformity.json" for r in runs
-                           if "coco_5k" in DATASETS[r.dataset]["protocols"]]
-    if wildcards.figure == "ascl_fig5_query_length":
-        inputs["data"] = sorted({data_ready(r.dataset) for r in runs})  # captions give the query lengths
+    for need in REGISTRY["figures"][wildcards.figure]["needs"]:
+        chosen = [r for r in runs if "protocol" not in need or need["protocol"] in DATASETS[r.dataset]["protocols"]]
+        if need["input"] == "captions":
+            inputs[need["input"]] = sorted({data_ready(r.dataset) for r in chosen})
+        else:
+            inputs[need["input"]] = [r.path(layout.RECORD_EXTRAS[need["input"]]) for r in chosen]
     return inputs
 
 
@@ -349,10 +353,10 @@ def record_readers():
 
 def record_script(run):
     """Shell lines filling one record folder: the run's metrics and config file, and the pointer to the run."""
-    folder = shlex.quote(run.experiment_dir)
-    config = shlex.quote(reg.RUN_CONFIG.format(hash=run.hash, seed=run.seed))
-    return (f"cp {shlex.quote(run.run_dir)}/metrics.json {folder}/metrics.json && cp {config} {folder}/config.yaml"
-            f" && printf '%s\\n' {shlex.quote(reg.run_pointer_text(run))} > {folder}/run.json")
+    metrics, config, pointer = (shlex.quote(run.path(t)) for t in layout.RECORD_FILES)
+    run_metrics, run_config = shlex.quote(run.path(layout.RUN_METRICS)), shlex.quote(run.path(layout.RUN_CONFIG))
+    return (f"cp {run_metrics} {metrics} && cp {run_config} {config}"
+            f" && printf '%s\\n' {shlex.quote(reg.run_pointer_text(run))} > {pointer}")
 
 
 def record_jobs():
@@ -361,7 +365,7 @@ def record_jobs():
     readers = record_readers()
     groups = {}
     for run in PLAN.runs:
-        key = (run.dataset, run.method, frozenset(readers.get(f"{run.experiment_dir}/metrics.json", ())))
+        key = (run.dataset, run.method, frozenset(readers.get(run.path(layout.RECORD_METRICS), ())))
         groups.setdefault(key, []).append(run)
     jobs, index = [], {}
     for (dataset, method, _), runs in groups.items():
@@ -385,7 +389,7 @@ def record_jobs():
 
 
 def bench_outputs():
-    return [f"results/bench/{p.stem}.txt" for p in sorted(Path(workflow.basedir, "bench").glob("*.py"))]
+    return [layout.BENCH_OUTPUT.format(name=p.stem) for p in sorted(Path(workflow.basedir, "bench").glob("*.py"))]
 
 
 # ------------------------------------------------------------------------------------------------- command line

@@ -8,7 +8,7 @@ localrules:
 rule toy_options:
     # The generator's options as a file, so a changed option regenerates the data (and everything downstream).
     output:
-        "results/data/{dataset}.toy.yaml",
+        layout.TOY_OPTIONS,
     params:
         text=lambda w: reg.yaml_text(DATASETS[w.dataset]["toy"]),
     benchmark:
@@ -25,7 +25,7 @@ rule toy_options:
 
 rule toy_data:
     input:
-        "results/data/{dataset}.toy.yaml",
+        rules.toy_options.output,
     output:
         directory("{root}/{dataset}_precomp"),
     params:
@@ -51,7 +51,7 @@ rule validate_data:
     input:
         real_split_files,
     output:
-        "results/data/{dataset}.validated.txt",
+        layout.DATA_VALIDATED,
     params:
         root=lambda w: DATASETS[w.dataset]["root"],
         splits=lambda w: " ".join(dict.fromkeys((DATASETS[w.dataset]["train_split"], DATASETS[w.dataset]["eval_split"]))),

@@ -1,6 +1,6 @@
 # Evaluation stage. `itrbench train` already evaluates every protocol of a run (metrics.json); here each experiment
-# gets its own record under results/<dataset>/<method>/<experiment>/seed<k>/ (SPEC §5): a copy of the shared run's
-# metrics.json and of the run config it trained from (config.yaml), and run.json, which points at the hash-keyed run
+# gets its own record under results/<dataset>/<method>/<experiment>/seed<k>/ (SPEC §5; itrbench.experiments.layout):
+# a copy of the shared run's metrics.json and of the run config it trained from (config.yaml), and run.json, which points at the hash-keyed run
 # folder. Few jobs write them all: one rule per group of record_jobs() (common.smk), its records listed as outputs.
 
 
@@ -10,10 +10,10 @@ for _job in record_jobs():
         name:
             _job["name"]
         input:
-            metrics=[f"{r.run_dir}/metrics.json" for r in _job["runs"]],
-            config=[reg.RUN_CONFIG.format(hash=r.hash, seed=r.seed) for r in _job["runs"]],
+            metrics=[r.path(rules.train.output.metrics) for r in _job["runs"]],
+            config=[r.path(rules.train.output.config) for r in _job["runs"]],
         output:
-            [f"{r.experiment_dir}/{name}" for r in _job["runs"] for name in ("metrics.json", "config.yaml", "run.json")],
+            [r.path(template) for r in _job["runs"] for template in layout.RECORD_FILES],
         params:
             script=_job["script"],
         benchmark:
@@ -28,12 +28,12 @@ for _job in record_jobs():
 
 
 rule alignment_uniformity:
-    # Hook for AsCL Fig. 4: the AsCL module's `itrbench alignment-uniformity` measures alignment and uniformity of
-    # a trained run's embeddings (SPEC §4.3). The figure is built only once that command exists.
+    # `itrbench alignment-uniformity` measures alignment and uniformity of a trained run's embeddings (SPEC §4.3),
+    # for the figures that declare `needs: [{input: alignment_uniformity}]` in experiments.yaml (AsCL Fig. 4).
     input:
-        "results/{dataset}/{method}/{experiment}/seed{seed}/run.json",
+        layout.RECORD_POINTER,
     output:
-        "results/{dataset}/{method}/{experiment}/seed{seed}/alignment_uniformity.json",
+        layout.RECORD_EXTRAS["alignment_uniformity"],
     params:
         run_dir=lambda w: experiment_run(w).run_dir,
     benchmark:

@@ -11,7 +11,7 @@ rule figure:
     input:
         unpack(figure_inputs),
     output:
-        report(f"{OUT}/figures/{{figure}}.png", caption="../report/figure.rst", category="Figures",
+        report(layout.figure_file(WF["name"]), caption="../report/figure.rst", category="Figures",
                labels={"figure": "{figure}", "config": WF["name"]}),
     params:
         title=figure_caption,
@@ -35,7 +35,7 @@ if WF["publish"]:
     rule publish_figure:
         # The committed copy: only a config with `publish: true` (the default) writes figures/.
         input:
-            f"{OUT}/figures/{{figure}}.png",
+            layout.figure_file(WF["name"]),
         output:
             "figures/{figure}.png",
         benchmark:

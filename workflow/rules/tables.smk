@@ -12,9 +12,9 @@ rule table:
     input:
         unpack(table_inputs),
     output:
-        md=f"{OUT}/tables/{{table}}.md",
-        csv=f"{OUT}/tables/{{table}}.csv",
-        html=report(f"{OUT}/tables/{{table}}.html", caption="../report/table.rst", category="Tables",
+        md=layout.table_file(WF["name"], ext="md"),
+        csv=layout.table_file(WF["name"], ext="csv"),
+        html=report(layout.table_file(WF["name"], ext="html"), caption="../report/table.rst", category="Tables",
                     labels={"table": "{table}", "config": WF["name"]}),
     params:
         seeds=PLAN.seeds,
@@ -39,7 +39,7 @@ if WF["publish"]:
     rule publish_table:
         # The committed copy: only a config with `publish: true` (the default) writes tables/.
         input:
-            f"{OUT}/tables/{{table}}.{{ext}}",
+            layout.table_file(WF["name"]),
         output:
             "tables/{table}.{ext}",
         wildcard_constraints:
@@ -61,8 +61,8 @@ rule claims:
     input:
         unpack(claims_inputs),
     output:
-        md=f"{OUT}/tables/claims.md",
-        csv=f"{OUT}/tables/claims.csv",
+        md=layout.table_file(WF["name"], "claims", "md"),
+        csv=layout.table_file(WF["name"], "claims", "csv"),
     params:
         seeds=PLAN.seeds,
         name=WF["name"],

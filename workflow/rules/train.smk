@@ -1,5 +1,5 @@
 # Training stage. A run is keyed by the hash of its resolved config (seed excluded): every experiment that resolves
-# to the same config shares results/runs/<hash>/seed<k>/, so each unique (config, seed) trains exactly once.
+# to the same config shares results/runs/<hash>/seed<k>/ (layout.RUN_DIR), so each unique (config, seed) trains once.
 
 
 rule train:
@@ -9,18 +9,18 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        metrics="results/runs/{hash}/seed{seed}/metrics.json",
+        metrics=layout.RUN_METRICS,
         # the resolved run config (base + overrides + seed) `itrbench train` reads: written by this job's shell,
         # not by a job of its own (one trivial job per run was a quarter of the DAG)
-        config="results/runs/{hash}/config.seed{seed}.yaml",
+        config=layout.RUN_CONFIG,
     params:
-        run_dir="results/runs/{hash}/seed{seed}",
+        run_dir=layout.RUN_DIR,
         text=lambda w: reg.run_config_text(PLAN.by_hash[w.hash], int(w.seed)),
         itrbench=itrbench_command,
     benchmark:
         "results/benchmarks/train/{hash}.seed{seed}.tsv",
     log:
-        "results/runs/{hash}/seed{seed}/train.log",
+        layout.RUN_LOG,
     threads: train_res("threads")
     resources:
         # per (method, data set) from resources.train_cost (else resources.train), times the attempt: a retry

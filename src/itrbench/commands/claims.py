@@ -6,7 +6,7 @@ def run(args) -> int:
     import pandas as pd
 
     from itrbench.report.claims import build_claims, load_claims, write_claims
-    from itrbench.report.registry import load_registry
+    from itrbench.experiments.plan import load_registry
     from itrbench.report.tables import header_line, load_paper_numbers, load_records
 
     registry = load_registry(args.registry)

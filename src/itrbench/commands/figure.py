@@ -7,7 +7,7 @@ def run(args) -> int:
 
     from itrbench.errors import ConfigError
     from itrbench.report.figures import figure_plotters, save_figure, stamp
-    from itrbench.report.registry import load_registry
+    from itrbench.experiments.plan import load_registry
     from itrbench.report.tables import header_line, load_paper_numbers, load_records
 
     plotters = figure_plotters()

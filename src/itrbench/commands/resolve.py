@@ -7,7 +7,7 @@ from pathlib import Path
 
 def run(args) -> int:
     from itrbench.errors import ConfigError
-    from itrbench.report.registry import load_registry, load_workflow_config, plan_runs, resolve_experiment, run_config_text
+    from itrbench.experiments.plan import load_registry, load_workflow_config, plan_runs, resolve_experiment, run_config_text
     from itrbench.utils import atomic_path
 
     wf = load_workflow_config(args.config, Path(args.repo) / "workflow" / "config" / "schema.yaml")

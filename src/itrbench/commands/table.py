@@ -20,7 +20,7 @@ def run(args) -> int:
     import pandas as pd
 
     from itrbench.errors import ConfigError
-    from itrbench.report.registry import load_registry
+    from itrbench.experiments.plan import load_registry
     from itrbench.report.tables import build_table, header_line, load_paper_numbers, load_records, write_table
 
     registry = load_registry(args.registry)

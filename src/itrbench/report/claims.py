@@ -21,7 +21,7 @@ from scipy import stats
 
 from itrbench import methods
 from itrbench.errors import ConfigError, DataError
-from itrbench.report.registry import PROTOCOL_DATASET
+from itrbench.experiments.plan import PROTOCOL_DATASET
 from itrbench.utils import atomic_path
 
 LEVEL = 0.95

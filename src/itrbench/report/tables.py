@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from itrbench.errors import DataError
-from itrbench.report.registry import PROTOCOL_DATASET
+from itrbench.experiments.plan import PROTOCOL_DATASET
 from itrbench.utils import atomic_path, git_commit
 
 RECALLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]

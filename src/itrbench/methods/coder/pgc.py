@@ -13,9 +13,10 @@ its P^C row from the cluster's prototype (`prototype_rows`). See docs/coder.md, 
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
+
+from itrbench.utils import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,11 @@ def scaled_k(paper_k: int, n_train_captions: int, paper_captions: int) -> int:
 def job_threads() -> int:
     """CPU threads this job may use: torch's setting (the trainer sets it), capped by the CPU affinity."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    try:
         import torch
 
-        return max(1, min(cores, torch.get_num_threads()))
+        return cpu_threads(torch.get_num_threads(), cap=True)
     except ImportError:  # pragma: no cover
-        return max(1, cores)
+        return cpu_threads()
 
 
 def kmeans_gpu(faiss, use_gpu: bool | None = None) -> int | None:

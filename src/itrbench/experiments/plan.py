@@ -1,8 +1,9 @@
 """Experiment registry: named experiments (base config + overrides) resolved into run configs, hashed, planned.
 
-The Snakefile and the `itrbench resolve / table / figure` commands read the registry through this module only,
-so the pipeline and the tests agree on what a run is. A *run* is one (resolved config, seed); experiments whose
-configs resolve identically share it (key = `config_hash`, the seed excluded), so each trains once.
+The Snakefile and the `itrbench resolve / table / figure / claims` commands read the registry through this module
+only, so the pipeline and the tests agree on what a run is. A *run* is one (resolved config, seed); experiments whose
+configs resolve identically share it (key = `config_hash`, the seed excluded), so each trains once. Where a run and
+an experiment's record of it live is `itrbench.experiments.layout`'s.
 """
 from __future__ import annotations
 
@@ -21,20 +22,21 @@ from itrbench.config import _describe as describe_schema_error  # one wording fo
 from itrbench import methods
 from itrbench.config import config_hash, deep_merge, load_yaml, validate
 from itrbench.errors import ConfigError
+from itrbench.experiments import layout
 from itrbench.utils import atomic_path
 
 __all__ = [
     "Run", "Plan", "config_hash", "load_registry", "load_workflow_config", "expand_env", "resolve_experiment",
     "plan_runs", "shared_runs", "run_config_text", "run_pointer_text", "write_experiment_record", "PROTOCOL_DATASET",
+    "FIGURE_NEEDS",
 ]
 
 # Which logical data set a protocol is evaluated on.
 PROTOCOL_DATASET = {"f30k_1k": "f30k", "coco_1k": "coco", "coco_5k": "coco"}
 
-# Output layout (SPEC §5). The Snakefile's rule patterns spell the same paths.
-RUN_DIR = "results/runs/{hash}/seed{seed}"
-RUN_CONFIG = "results/runs/{hash}/config.seed{seed}.yaml"
-EXPERIMENT_DIR = "results/{dataset}/{method}/{experiment}/seed{seed}"
+# What a figure may ask the pipeline for besides its experiments' records (experiments.yaml `figures.<f>.needs`):
+# a file a rule adds to each record (layout.RECORD_EXTRAS), or `captions`: the data sets' caption files.
+FIGURE_NEEDS = ("captions", *layout.RECORD_EXTRAS)
 
 _NAME = r"^[a-z0-9][a-z0-9_.+-]*(/[a-z0-9][a-z0-9_.+-]*)*$"
 REGISTRY_SCHEMA = {
@@ -52,7 +54,15 @@ REGISTRY_SCHEMA = {
         "figures": {
             "type": "object",
             "additionalProperties": {
-                "type": "object", "additionalProperties": False, "properties": {"title": {"type": "string"}},
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "title": {"type": "string"},
+                    # extra inputs; `protocol` keeps only the runs whose data set evaluates that protocol
+                    "needs": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False, "required": ["input"],
+                        "properties": {"input": {"enum": list(FIGURE_NEEDS)},
+                                       "protocol": {"enum": list(PROTOCOL_DATASET)}}}},
+                },
             },
         },
         "bases": {
@@ -96,6 +106,8 @@ def load_registry(path: str | Path) -> dict:
     reg.setdefault("tables", {})
     reg.setdefault("figures", {})
     reg.setdefault("bases", {})
+    for fig in reg["figures"].values():
+        fig.setdefault("needs", [])
     seen_rows: dict[tuple, str] = {}
     for name, base in reg["bases"].items():
         if base["method"] not in methods.names():
@@ -253,13 +265,18 @@ class Run:
     hash: str
     config: dict = field(repr=False)  # resolved, without seed
 
+    def path(self, template: str) -> str:
+        """A `layout` template filled in for this run: its run folder's files and its experiment record's."""
+        return template.format(hash=self.hash, seed=self.seed, dataset=self.dataset, method=self.method,
+                               experiment=self.experiment)
+
     @property
     def run_dir(self) -> str:
-        return RUN_DIR.format(hash=self.hash, seed=self.seed)
+        return self.path(layout.RUN_DIR)
 
     @property
     def experiment_dir(self) -> str:
-        return EXPERIMENT_DIR.format(dataset=self.dataset, method=self.method, experiment=self.experiment, seed=self.seed)
+        return self.path(layout.EXPERIMENT_DIR)
 
 
 @dataclass
