@@ -224,6 +224,7 @@ def test_schema_rejects_unknown_keys_and_values():
         config(positives="longer")
 
 
+@pytest.mark.slow
 def test_end_to_end_on_tiny_toy(tiny_run_config, tmp_path):
     """Trainer + evaluator with the frozen MiniLM cache: positives encoded through the run's text cache."""
     from itrbench.training import train_and_evaluate

@@ -268,6 +268,7 @@ def test_builds_concepts_into_work_dir(tmp_path, monkeypatch):
     assert model.gcn.X.shape == (5, 5)
 
 
+@pytest.mark.slow
 def test_trainer_end_to_end_and_resume(tiny_run_config, tmp_path, concept_dir):
     """The generic trainer drives every hook (momentum, queue, concepts, PGC k-means, checkpoint state), and
     2 epochs straight == 1 epoch, 'crash', resume: queues, momentum encoders and PGC labels are restored."""

@@ -88,6 +88,7 @@ def test_read_curve_keeps_the_last_point_of_a_rerun_epoch(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ the trainer
+@pytest.mark.slow
 def test_trainer_logs_dev_curve_without_changing_training(tiny_run_config, tmp_path):
     cfg = tiny_run_config(train={"epochs": 2})
     metrics = train_and_evaluate(cfg, tmp_path / "dev")

@@ -41,6 +41,7 @@ def test_globs_that_match_nothing_are_errors():
         check_globs(["acsl/*"], names, "only", "experiment", "cfg.yaml")
 
 
+@pytest.mark.slow
 def test_misspelt_only_entry_stops_the_workflow_before_any_job(tmp_path):
     cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
     cfg["only"] = ["vsepp/baseline", "coder/tabel1/coder"]
@@ -57,6 +58,7 @@ def test_misspelt_only_entry_stops_the_workflow_before_any_job(tmp_path):
     assert rc != 0 and "skip: 'coco:acsl/*' matches no '<dataset>:<experiment>' of this config (did you mean 'coco:ascl/*'?)" in out
 
 
+@pytest.mark.slow
 def test_config_overrides_on_the_command_line_are_typed(tmp_path):
     rc, out = snakemake("--configfile", str(CONFIGS / "tiny.yaml"), "--config", "seeds=[0,1]",
                         "methods={vsepp: {train: {lr: 1e-3}}}", "resources={train: {gpus: 0}}",
@@ -102,6 +104,7 @@ sys.exit(2)
 '''
 
 
+@pytest.mark.slow
 def test_failed_rule_prints_its_one_line_error_on_the_console(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -79,12 +79,14 @@ def expected_trainings(config_path, **overrides) -> set[tuple[str, int]]:
     return {(r.hash, r.seed) for r in table_runs(config_path, **overrides)[0]}
 
 
+@pytest.mark.slow
 def test_lint():
     rc, out = snakemake("--lint", cwd=REPO)
     assert rc == 0, out
     assert "Congratulations" in out
 
 
+@pytest.mark.slow
 def test_dry_run_default_one_training_per_unique_run(tmp_path):
     rc, out = snakemake("-n", "tables", "--directory", str(tmp_path))
     assert rc == 0, out
@@ -154,6 +156,7 @@ def paper_slurm_dry_run(tmp_path_factory):
     return tmp_path, out
 
 
+@pytest.mark.slow
 def test_dry_run_paper_against_fixture_paths(paper_slurm_dry_run):
     tmp_path, out = paper_slurm_dry_run
     counts = job_counts(out)
@@ -193,6 +196,7 @@ def test_slurm_profile_dry_run_shows_gpu_resources(paper_slurm_dry_run, monkeypa
         assert "gpu=" not in res and "slurm_partition=cpuq" in res and "slurm_account=acct42" in res
 
 
+@pytest.mark.slow
 def test_misspelt_config_key_fails_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((CONFIGS / "tiny.yaml").read_text().replace("    eval_split: test\n", "    eval_splt: test\n"))
@@ -203,6 +207,7 @@ def test_misspelt_config_key_fails_before_any_job(tmp_path):
     assert not (wd / "results").exists() and not (wd / "data").exists()
 
 
+@pytest.mark.slow
 def test_misspelt_override_key_fails_naming_registry(tmp_path):
     registry = tmp_path / "experiments.yaml"
     registry.write_text((REPO / "workflow" / "experiments.yaml").read_text().replace(
@@ -285,6 +290,7 @@ def _fake_env(tmp_path):
     return {"PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ITRBENCH_LOG": str(log)}, log
 
 
+@pytest.mark.slow
 def test_dag_logic_each_unique_run_trains_once_then_nothing_then_only_the_changed_one(tmp_path):
     # f30k only, two seeds; CODER's full model is reported by coder/table1/coder and coder/table2/row5 (one run)
     cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
@@ -406,6 +412,7 @@ def test_pin_gpu_gives_each_job_a_free_device(tmp_path):
     assert out.returncode == 2 and "2 GPU(s) requested, 1 visible" in out.stderr
 
 
+@pytest.mark.slow
 def test_config_file_given_as_target_is_one_clear_line(tmp_path):
     """`snakemake --cores 2 workflow/config/tiny.yaml` (a config where a target belongs): one line with the working order."""
     rc, out = snakemake("-n", str(CONFIGS / "tiny.yaml"), "--directory", str(tmp_path))
@@ -413,6 +420,7 @@ def test_config_file_given_as_target_is_one_clear_line(tmp_path):
     assert f"{CONFIGS / 'tiny.yaml'} is a config file given as a target: write targets before --configfile" in out, out
 
 
+@pytest.mark.slow
 def test_outputs_are_per_config_and_only_default_publishes(tmp_path):
     """tiny writes results/tiny/ only; the default config's `tables figures` also copy to tables/ and figures/."""
     rc, out = snakemake("-n", "tables", "figures", "--configfile", str(CONFIGS / "tiny.yaml"), "--directory", str(tmp_path))

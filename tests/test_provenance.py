@@ -50,6 +50,7 @@ def own_data(tiny_toy, tmp_path):
 
 
 # ---- defect 1: what a checkpoint was trained from -------------------------------------------------------------
+@pytest.mark.slow
 def test_finished_run_trains_again_when_asked(tiny_run_config, tmp_path, monkeypatch):
     """`snakemake --forcerun train` re-runs `itrbench train` on a finished run folder: it must really train."""
     cfg = tiny_run_config(train={"epochs": 1})
@@ -71,6 +72,7 @@ def test_run_killed_during_evaluation_only_evaluates(tiny_run_config, tmp_path, 
     assert trained == []
 
 
+@pytest.mark.slow
 def test_changed_training_data_does_not_resume(tiny_run_config, own_data, tmp_path, monkeypatch, capsys):
     cfg = tiny_run_config(data={"root": str(own_data)}, train={"epochs": 2})
     count_epochs(monkeypatch, kill_after=1)
@@ -87,6 +89,7 @@ def test_changed_training_data_does_not_resume(tiny_run_config, own_data, tmp_pa
     assert "not resuming" in out and "train data train_caps.txt changed (size" in out and "train text cache key" in out
 
 
+@pytest.mark.slow
 def test_changed_code_does_not_resume(tiny_run_config, tmp_path, monkeypatch, capsys):
     cfg = tiny_run_config(train={"epochs": 2})
     count_epochs(monkeypatch, kill_after=1)
@@ -100,6 +103,7 @@ def test_changed_code_does_not_resume(tiny_run_config, tmp_path, monkeypatch, ca
     assert "code version" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_unchanged_unfinished_run_resumes(tiny_run_config, tmp_path, monkeypatch):
     cfg = tiny_run_config(train={"epochs": 2})
     full = train_and_evaluate(cfg, tmp_path / "full")["protocols"]

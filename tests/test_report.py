@@ -435,6 +435,7 @@ def _figure(name, records, paper, registry, provenance="config=test scale=toy co
     return fig
 
 
+@pytest.mark.slow
 def test_every_figure_renders(tmp_path, wf_default, registry, paper, monkeypatch):
     from itrbench.report.figures import figure_plotters, save_figure
 

@@ -75,6 +75,7 @@ def test_train_runtime_and_memory_per_method_and_dataset_scale_with_attempt(tmp_
     assert list((tmp_path / "wd" / "results" / "tiny" / "tables").glob("*.md"))  # the run went through the tables
 
 
+@pytest.mark.slow
 def test_train_cost_of_an_unknown_method_is_one_clear_line(tmp_path):
     cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
     cfg["resources"]["train_cost"] = {"nosuchmethod": {"f30k": {"runtime": 5}}}

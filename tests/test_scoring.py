@@ -105,6 +105,7 @@ def test_caption_lengths_and_flop_count():
     assert useful_flops(1, [2], 3, 4, 1) == 2 * 158
 
 
+@pytest.mark.slow
 def test_compiled_path_equals_reference_loop():
     # max_len 4: one length bucket, one compilation; 7 images in blocks of 4 and 11 captions in blocks of 4 exercise
     # the padded last image block and the repeated captions of the last caption block

@@ -18,6 +18,7 @@ def chance_rsum(n_images: int, cpi: int = 5) -> float:
     return t2i + i2t
 
 
+@pytest.mark.slow
 def test_vsepp_trains_and_reports(tiny_run_config, tmp_path):
     cfg = tiny_run_config(train={"epochs": 4})
     metrics = train_and_evaluate(cfg, tmp_path / "run")
@@ -34,6 +35,7 @@ def test_vsepp_trains_and_reports(tiny_run_config, tmp_path):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == cfg
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tiny_run_config, tmp_path):
     cfg = tiny_run_config(train={"epochs": 1})
     a = train_and_evaluate(cfg, tmp_path / "a")["protocols"]
@@ -43,6 +45,7 @@ def test_same_seed_same_metrics(tiny_run_config, tmp_path):
     assert c != a
 
 
+@pytest.mark.slow
 def test_killed_run_resumes(tiny_run_config, tmp_path):
     """Train 3 epochs straight vs. 2 epochs, 'crash', then resume to 3: identical weights and metrics."""
     cfg = tiny_run_config(train={"epochs": 3})
